@@ -1,0 +1,103 @@
+"""Per-shard Parquet metadata: read it and check its ids against the tar and each ``.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from airflow_curator.core import storage
+from airflow_curator.core.errors import ShardError, preview
+from airflow_curator.core.records import Record
+
+logger = logging.getLogger(__name__)
+
+
+def read_table(parquet_url: str, shard: str = "?", columns: list[str] | None = None) -> Any:
+    """The shard's Parquet as a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(parquet_url)
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except FileNotFoundError:
+        raise ShardError(shard, f"{parquet_url} does not exist") from None
+    except Exception as e:
+        raise ShardError(shard, f"{parquet_url} is not readable Parquet: {e}") from e
+
+
+def read_ids(parquet_url: str, id_col: str, shard: str = "?") -> list[str]:
+    """The id column as strings, checked present, non-null and unique."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(parquet_url)
+    try:
+        schema = pq.read_schema(path, filesystem=fs)
+    except Exception as e:
+        raise ShardError(shard, f"{parquet_url} is not readable Parquet: {e}") from e
+    if id_col not in schema.names:
+        raise ShardError(
+            shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(schema.names)})"
+        )
+    column = read_table(parquet_url, shard, [id_col]).column(id_col)
+    return check_ids(column.to_pylist(), shard, parquet_url)
+
+
+def check_ids(ids: list[Any], shard: str, source: str) -> list[str]:
+    if any(i is None for i in ids):
+        raise ShardError(shard, f"{source} has null ids")
+    out = [str(i) for i in ids]
+    if len(set(out)) != len(out):
+        seen: set[str] = set()
+        dups = {i for i in out if i in seen or seen.add(i)}  # type: ignore[func-returns-value]
+        raise ShardError(shard, f"{source} has duplicate ids: {preview(dups)}")
+    return out
+
+
+def json_id(record: Record, id_col: str, shard: str) -> str | None:
+    """The id inside a record's ``.json`` (None when the record has no .json)."""
+    raw = record.data.get("json")
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(shard, f"record {record.id}: .json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or id_col not in meta:
+        raise ShardError(shard, f"record {record.id}: .json has no {id_col!r} field")
+    return str(meta[id_col])
+
+
+def compare_ids(
+    parquet_ids: Iterable[str], tar_ids: Iterable[str], shard: str, *, allowed_missing: Iterable[str] = ()
+) -> None:
+    """Fail naming the first offending ids unless both sides hold the same set.
+
+    ``allowed_missing`` are Parquet rows that legitimately have no tar members (img2dataset's failed
+    downloads).
+    """
+    pq_set, tar_set = set(parquet_ids), set(tar_ids)
+    only_tar = tar_set - pq_set
+    only_pq = pq_set - tar_set - set(allowed_missing)
+    if only_tar:
+        raise ShardError(shard, f"{len(only_tar)} records in the tar are not in the Parquet: {preview(only_tar)}")
+    if only_pq:
+        raise ShardError(shard, f"{len(only_pq)} Parquet rows have no record in the tar: {preview(only_pq)}")
+
+
+def validate_shard(
+    tar_url: str, parquet_url: str, id_col: str = "key", shard: str = "?"
+) -> int:
+    """Check Parquet ids == tar record ids == ids inside each .json; return the record count."""
+    from airflow_curator.core.records import iter_records
+
+    pq_ids = read_ids(parquet_url, id_col, shard)
+    tar_ids: list[str] = []
+    for rec in iter_records(tar_url, shard):
+        jid = json_id(rec, id_col, shard)
+        if jid is not None and jid != rec.id:
+            raise ShardError(shard, f"record {rec.id}: .json says {id_col}={jid!r}")
+        tar_ids.append(rec.id)
+    compare_ids(pq_ids, tar_ids, shard)
+    return len(tar_ids)

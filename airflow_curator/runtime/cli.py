@@ -1,0 +1,46 @@
+"""Entry point of ``airflow-curator``: parse, run one step, write its JSON result, exit 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from airflow_curator.core import storage
+from airflow_curator.core.errors import CuratorError
+from airflow_curator.runtime.registry import build_parser, step_module
+
+logger = logging.getLogger("airflow_curator")
+
+
+def write_result(result: dict[str, Any], path: str | None) -> None:
+    text = json.dumps(result, sort_keys=True)
+    if path is None:
+        print(text)
+    else:
+        storage.write_bytes(path, text.encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = step_module(args.step).run(args)
+        write_result(result, args.result_json)
+    except CuratorError as e:
+        print(f"airflow-curator {args.step}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"airflow-curator {args.step}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

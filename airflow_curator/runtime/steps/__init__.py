@@ -1,0 +1,1 @@
+"""One module per ``airflow-curator`` subcommand: ``HELP``, ``add_arguments``, ``run``."""

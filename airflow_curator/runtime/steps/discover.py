@@ -1,0 +1,51 @@
+"""``airflow-curator discover``: list and pair the shards, write the manifest, return groups."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from airflow_curator.core.discovery import (
+    GROUP_BYTES,
+    MAX_GROUPS,
+    discover,
+    group_value,
+    make_groups,
+    save_manifest,
+)
+
+HELP = "Find the shards of a dataset, write its manifest and split it into groups for mapping."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="dataset folder URI (local path, gs://, ...)")
+    p.add_argument("--manifest", help="where to write the dataset manifest JSON")
+    p.add_argument("--max-groups", type=int, default=MAX_GROUPS,
+                   help="at most this many groups (Airflow's max_map_length)")
+    p.add_argument("--group-bytes", type=int, default=GROUP_BYTES,
+                   help="target tar bytes per group")
+    p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120")
+    p.add_argument("--on-invalid", choices=("error", "skip"), default="error",
+                   help="a shard with a missing tar/Parquet or a bad name: fail, or skip and report")
+    p.add_argument("--no-count", dest="count", action="store_false",
+                   help="do not read Parquet footers for record counts")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    manifest = discover(args.dataset, count_records=args.count, on_invalid=args.on_invalid)
+    if args.shards:
+        manifest.shards = manifest.select(args.shards)
+    if args.manifest:
+        save_manifest(manifest, args.manifest)
+    groups = make_groups(manifest.shards, args.max_groups, args.group_bytes)
+    return {
+        "dataset": args.dataset,
+        "manifest": args.manifest,
+        "shards": len(manifest.shards),
+        "records": manifest.records,
+        "bytes": manifest.bytes,
+        "skipped": manifest.skipped,
+        "ignored": len(manifest.ignored),
+        "indexed": sum(1 for s in manifest.shards if s.idx_fresh),
+        "groups": [group_value(g, args.dataset, args.manifest) for g in groups],
+    }

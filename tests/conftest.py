@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_k8s = pytest.mark.skip(reason="needs a Kubernetes cluster (set CURATOR_K8S_TESTS=1)")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "k8s" in item.keywords and not os.environ.get("CURATOR_K8S_TESTS"):
+            item.add_marker(skip_k8s)
+
+
+@pytest.fixture
+def sample_dataset(tmp_path):
+    """Two shards of 6 real JPEG records each; returns (path, ids)."""
+    from airflow_curator.core.sample import write_sample_dataset
+
+    path = str(tmp_path / "dataset")
+    ids = write_sample_dataset(path, shards=2, records_per_shard=6, seed=1)
+    return path, ids
