@@ -111,7 +111,9 @@ def discover(
             ignored.append(e.name)  # e.g. img2dataset's 00000_stats.json, report.html
             continue
         if not SHARD_STEM.match(stem):
-            problems.append({"shard": stem, "reason": f"{e.name} is not named as a shard id (NNNNN.{ext})"})
+            problems.append(
+                {"shard": stem, "reason": f"{e.name} is not named as a shard id (NNNNN.{ext})"}
+            )
             continue
         files = by_id.setdefault(int(stem), {})
         if ext in files:
@@ -138,8 +140,17 @@ def discover(
             idx.mtime is None or tar.mtime is None or idx.mtime >= tar.mtime
         )
         shards.append(
-            Shard(sid, stem, tar.url, tar.size, tar.mtime, pq.url, pq.size,
-                  idx.url if idx else None, fresh)
+            Shard(
+                sid,
+                stem,
+                tar.url,
+                tar.size,
+                tar.mtime,
+                pq.url,
+                pq.size,
+                idx.url if idx else None,
+                fresh,
+            )
         )
     if problems and on_invalid == "error":
         first = problems[0]
@@ -149,13 +160,18 @@ def discover(
         logger.warning("skipping shard %s: %s", p["shard"], p["reason"])
     if count_records and shards:
         with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
-            for s, n in zip(shards, pool.map(_parquet_rows, shards)):
+            for s, n in zip(shards, pool.map(_parquet_rows, shards), strict=True):
                 s.records = n
     manifest = Manifest(dataset, shards, problems, ignored)
     logger.info(
         "discovered %d shards (%d records, %.1f MB) in %s in %.2fs; %d skipped, %d ignored",
-        len(shards), manifest.records or 0, manifest.bytes / 1e6, dataset,
-        time.perf_counter() - t0, len(problems), len(ignored),
+        len(shards),
+        manifest.records or 0,
+        manifest.bytes / 1e6,
+        dataset,
+        time.perf_counter() - t0,
+        len(problems),
+        len(ignored),
     )
     return manifest
 
@@ -173,7 +189,7 @@ def _parquet_rows(shard: Shard) -> int:
 def make_groups(
     shards: list[Shard], max_groups: int = MAX_GROUPS, group_bytes: int = GROUP_BYTES
 ) -> list[list[Shard]]:
-    """Contiguous runs of shards balanced by bytes: at most ``max_groups``, each ~``group_bytes``."""
+    """Contiguous runs of shards balanced by bytes: at most max_groups, each ~group_bytes."""
     if not shards:
         return []
     if max_groups < 1:
@@ -189,7 +205,9 @@ def make_groups(
         left_shards = len(shards) - i - 1
         left_groups = n - len(groups) - 1
         # cut where the running total crosses the next equal share, keeping a shard per group left
-        if left_groups > 0 and (seen * n >= total * (len(groups) + 1) or left_shards == left_groups):
+        if left_groups > 0 and (
+            seen * n >= total * (len(groups) + 1) or left_shards == left_groups
+        ):
             groups.append(current)
             current = []
     if current:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -18,13 +19,13 @@ from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import ShardError, TarFormatError
-from airflow_curator.core.naming import split_member
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.tarstream import Member, TarScanner
+from airflow_curator.core.tarstream import Member, TarScanner, file_cached
 
 logger = logging.getLogger(__name__)
 
 VERSION = "v1.2"
+_SPACE = re.compile(r"\s")
 
 
 def index_text(members: Iterable[Member], shard: str = "?") -> tuple[str, int]:
@@ -33,14 +34,17 @@ def index_text(members: Iterable[Member], shard: str = "?") -> tuple[str, int]:
     parts: list[str] = []
     last_key: str | None = None
     for m in members:
-        key, ext = split_member(m.name)
-        base = key[key.rfind("/") + 1 :]
-        if not base or not ext:  # hidden files and extensionless members are not sample parts
-            logger.debug("shard %s: member %r is not part of a sample, not indexed", shard, m.name)
+        name = m.name
+        slash = name.rfind("/") + 1
+        dot = name.find(".", slash)  # split_member, inlined: this runs once per member
+        if dot <= slash or dot == len(name) - 1:
+            # hidden files and extensionless members are not sample parts
+            logger.debug("shard %s: member %r is not part of a sample, not indexed", shard, name)
             continue
-        if any(c.isspace() for c in m.name):
-            raise ShardError(shard, f"member name {m.name!r} has white space: DALI index can't hold it")
-        entry = f"{ext} {m.data_offset} {m.size} {m.name}"
+        if _SPACE.search(name):
+            raise ShardError(shard, f"member name {name!r} has white space: no DALI index for it")
+        key = name[:dot]
+        entry = f"{name[dot + 1 :]} {m.data_offset} {m.size} {name}"
         if key != last_key:
             if parts:
                 lines.append(" ".join(parts))
@@ -100,7 +104,7 @@ def verify_index(
         raise ShardError(shard, f"index {idx_url} is missing") from None
     if actual != expected:
         exp_lines, act_lines = expected.splitlines(), actual.splitlines()
-        for n, (a, b) in enumerate(zip(exp_lines, act_lines), start=1):
+        for n, (a, b) in enumerate(zip(exp_lines, act_lines, strict=False), start=1):
             if a != b:
                 raise ShardError(
                     shard, f"index {idx_url} is stale at line {n}: {b[:120]!r} != {a[:120]!r}"
@@ -160,15 +164,21 @@ def index_dataset(
         "bytes": nbytes,
         "seconds": round(seconds, 3),
         "mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 1),
-        "per_shard": [{"shard": o.shard, "action": o.action, "samples": o.samples} for o in outcomes],
+        "per_shard": [
+            {"shard": o.shard, "action": o.action, "samples": o.samples} for o in outcomes
+        ],
     }
 
 
 def _run_all(
     tasks: list[tuple[str, str, str, int, str]], workers: int, local: bool
 ) -> Iterator[IndexOutcome]:
-    """Local shards in forked processes (parsing is CPU-bound), remote ones in threads (I/O)."""
+    """Cached local shards in forked processes (parsing is CPU-bound), cold local ones one at a
+    time (the disk is the limit and interleaved readers defeat read-ahead), remote ones in
+    threads (network latency)."""
     n = min(workers or os.cpu_count() or 1, len(tasks))
+    if not workers and local and tasks and not file_cached(storage.local_path(tasks[0][1])):
+        n = 1
     if n <= 1:
         yield from map(_index_one, tasks)
         return

@@ -70,7 +70,11 @@ def json_id(record: Record, id_col: str, shard: str) -> str | None:
 
 
 def compare_ids(
-    parquet_ids: Iterable[str], tar_ids: Iterable[str], shard: str, *, allowed_missing: Iterable[str] = ()
+    parquet_ids: Iterable[str],
+    tar_ids: Iterable[str],
+    shard: str,
+    *,
+    allowed_missing: Iterable[str] = (),
 ) -> None:
     """Fail naming the first offending ids unless both sides hold the same set.
 
@@ -81,14 +85,16 @@ def compare_ids(
     only_tar = tar_set - pq_set
     only_pq = pq_set - tar_set - set(allowed_missing)
     if only_tar:
-        raise ShardError(shard, f"{len(only_tar)} records in the tar are not in the Parquet: {preview(only_tar)}")
+        raise ShardError(
+            shard, f"{len(only_tar)} records in the tar are not in the Parquet: {preview(only_tar)}"
+        )
     if only_pq:
-        raise ShardError(shard, f"{len(only_pq)} Parquet rows have no record in the tar: {preview(only_pq)}")
+        raise ShardError(
+            shard, f"{len(only_pq)} Parquet rows have no record in the tar: {preview(only_pq)}"
+        )
 
 
-def validate_shard(
-    tar_url: str, parquet_url: str, id_col: str = "key", shard: str = "?"
-) -> int:
+def validate_shard(tar_url: str, parquet_url: str, id_col: str = "key", shard: str = "?") -> int:
     """Check Parquet ids == tar record ids == ids inside each .json; return the record count."""
     from airflow_curator.core.records import iter_records
 

@@ -8,7 +8,11 @@ import time
 
 class Progress:
     def __init__(
-        self, label: str, total: int, unit: str = "shards", logger: logging.Logger | None = None,
+        self,
+        label: str,
+        total: int,
+        unit: str = "shards",
+        logger: logging.Logger | None = None,
         every: float = 5.0,
     ) -> None:
         self.label, self.total, self.unit = label, total, unit

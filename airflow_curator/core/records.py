@@ -73,8 +73,13 @@ def group_records(
             if current is not None:
                 yield current
             if key in seen:
-                handler(ShardError(shard, f"record {posixpath.basename(key)}: members are not "
-                                          f"contiguous in the tar (duplicate record)"))
+                handler(
+                    ShardError(
+                        shard,
+                        f"record {posixpath.basename(key)}: members are not "
+                        f"contiguous in the tar (duplicate record)",
+                    )
+                )
             seen.add(key)
             current = Record(key)
         current.parts[ext] = member

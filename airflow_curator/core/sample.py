@@ -39,7 +39,11 @@ def make_jpeg(rng: random.Random, size: tuple[int, int] = (64, 64), fmt: str = "
     c1 = [rng.randrange(256) for _ in range(3)]
     img = Image.linear_gradient("L").resize((w, h)).convert("RGB")
     img = Image.merge(
-        "RGB", [b.point(lambda v, a=a, z=z: a + (z - a) * v // 255) for b, a, z in zip(img.split(), c0, c1)]
+        "RGB",
+        [
+            b.point(lambda v, a=a, z=z: a + (z - a) * v // 255)
+            for b, a, z in zip(img.split(), c0, c1, strict=True)
+        ],
     )
     draw = ImageDraw.Draw(img)
     for _ in range(3):

@@ -87,14 +87,13 @@ def list_files(url: str) -> list[Entry]:
         if info.get("type") != "file":
             continue
         name = posixpath.basename(info["name"].rstrip("/"))
-        full = fs.unstrip_protocol(info["name"])
-        entries.append(Entry(full, name, int(info.get("size") or 0), _mtime(info)))
+        entries.append(Entry(join(url, name), name, int(info.get("size") or 0), _mtime(info)))
     return sorted(entries, key=lambda e: e.name)
 
 
 def open_read(url: str, block_size: int = 8 << 20) -> IO[bytes]:
     if is_local(url):
-        return open(local_path(url), "rb", buffering=0)  # noqa: SIM115
+        return open(local_path(url), "rb", buffering=0)
     fs, path = fs_and_path(url)
     return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
 

@@ -57,7 +57,9 @@ def _octal(field: bytes, what: str, pos: int) -> int:
     try:
         return int(text, 8)
     except ValueError:
-        raise TarFormatError(f"invalid {what} field {text!r} in tar header at offset {pos}") from None
+        raise TarFormatError(
+            f"invalid {what} field {text!r} in tar header at offset {pos}"
+        ) from None
 
 
 def _checksum_ok(header: bytes, pos: int) -> bool:
@@ -67,7 +69,11 @@ def _checksum_ok(header: bytes, pos: int) -> bool:
     exact, so two C calls replace a Python loop over 512 bytes.
     """
     total = (zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF) - 2
-    return total - sum(header[148:156]) + 8 * 32 == _octal(header[148:156], "checksum", pos)
+    try:
+        stored = _octal(header[148:156], "checksum", pos)
+    except TarFormatError:
+        return False
+    return total - sum(header[148:156]) + 8 * 32 == stored
 
 
 def _decode(raw: bytes) -> str:
@@ -191,8 +197,9 @@ class TarScanner:
         first = 0  # offset of the current member's first header (GNU/PAX preamble included)
         long_name: str | None = None
         pax: dict[str, str] = {}
+        get, total, adler32 = self._get, self.total, zlib.adler32  # hot loop: locals
         while True:
-            header = self._get(pos, BLOCK)
+            header = get(pos, BLOCK)
             if len(header) < BLOCK:
                 if header:
                     raise self._truncated("header", pos, BLOCK)
@@ -201,13 +208,29 @@ class TarScanner:
             if header == ZERO_BLOCK:
                 self.complete = True
                 return
-            if not _checksum_ok(header, pos):
-                raise TarFormatError(f"{self.source}: invalid tar header at offset {pos} (bad checksum)")
-            size = _octal(header[124:136], "size", pos)
+            # checksum inlined (see _checksum_ok): this loop runs once per member
+            field = header[148:156]
+            byte_sum = (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2
+            try:
+                ok = byte_sum - sum(field) + 256 == int(field.split(b"\x00", 1)[0] or b"0", 8)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise TarFormatError(
+                    f"{self.source}: invalid tar header at offset {pos} (bad checksum)"
+                )
+            field = header[124:136]
+            if field[0] & 0x80:
+                size = _octal(field, "size", pos)
+            else:
+                try:
+                    size = int(field.split(b"\x00", 1)[0] or b"0", 8)
+                except ValueError:
+                    size = _octal(field, "size", pos)  # raises naming the field
             kind = header[156]
             data_pos = pos + BLOCK
             if kind in (GNU_LONGNAME, GNU_LONGLINK, PAX_HEADER, PAX_GLOBAL):
-                payload = self._get(data_pos, size)
+                payload = get(data_pos, size)
                 if len(payload) < size:
                     raise self._truncated("extended header", pos, size)
                 if kind == GNU_LONGNAME:
@@ -227,12 +250,12 @@ class TarScanner:
                     name = _decode(header[:100].split(b"\x00", 1)[0])
                     if header[257:263] == USTAR_MAGIC and header[345] != 0:
                         name = _decode(header[345:500].split(b"\x00", 1)[0]) + "/" + name
-                if self.total is not None and data_pos + size > self.total:
+                if total is not None and data_pos + size > total:
                     raise self._truncated(f"member {name!r}", pos, size)
                 member = Member(name, first, data_pos, size)
                 data = None
                 if with_data:
-                    data = self._get(data_pos, size)
+                    data = get(data_pos, size)
                     if len(data) < size:
                         raise self._truncated(f"member {name!r}", pos, size)
                 yield member, data
@@ -243,24 +266,50 @@ class TarScanner:
 
 
 def _mmap(f: IO[bytes]) -> mmap.mmap | None:
+    """Map a local file whose pages are cached; cold files are read in chunks instead, which
+    keeps the kernel's sequential read-ahead (mapping them faults page by page)."""
     try:
         fd = f.fileno()
+        size = os.fstat(fd).st_size
     except (AttributeError, OSError, io.UnsupportedOperation):
         return None
+    if size == 0 or not _cached(fd, size):
+        with contextlib.suppress(AttributeError, OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return None
     try:
-        if os.fstat(fd).st_size == 0:
-            return None
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):
         return None
-    with contextlib.suppress(AttributeError, OSError):
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-    return mm
 
 
-def iter_members(
-    f: IO[bytes], total_size: int | None = None, source: str = ""
-) -> Iterator[Member]:
+def file_cached(path: str) -> bool:
+    """Whether a local file looks resident in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _cached(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _cached(fd: int, size: int) -> bool:
+    """Whether a few probes across the file hit the page cache (RWF_NOWAIT fails otherwise)."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        return True
+    probe = bytearray(BLOCK)
+    for offset in (0, size // 3, 2 * size // 3, max(0, size - BLOCK)):
+        try:
+            if os.preadv(fd, [probe], offset - offset % 4096, flag) <= 0:
+                return False
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # the probe itself is unsupported here: assume cached
+    return True
+
+
+def iter_members(f: IO[bytes], total_size: int | None = None, source: str = "") -> Iterator[Member]:
     scanner = TarScanner(f, total_size, source)
     try:
         for member, _ in scanner.members():

@@ -20,15 +20,28 @@ HELP = "Find the shards of a dataset, write its manifest and split it into group
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder URI (local path, gs://, ...)")
     p.add_argument("--manifest", help="where to write the dataset manifest JSON")
-    p.add_argument("--max-groups", type=int, default=MAX_GROUPS,
-                   help="at most this many groups (Airflow's max_map_length)")
-    p.add_argument("--group-bytes", type=int, default=GROUP_BYTES,
-                   help="target tar bytes per group")
+    p.add_argument(
+        "--max-groups",
+        type=int,
+        default=MAX_GROUPS,
+        help="at most this many groups (Airflow's max_map_length)",
+    )
+    p.add_argument(
+        "--group-bytes", type=int, default=GROUP_BYTES, help="target tar bytes per group"
+    )
     p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120")
-    p.add_argument("--on-invalid", choices=("error", "skip"), default="error",
-                   help="a shard with a missing tar/Parquet or a bad name: fail, or skip and report")
-    p.add_argument("--no-count", dest="count", action="store_false",
-                   help="do not read Parquet footers for record counts")
+    p.add_argument(
+        "--on-invalid",
+        choices=("error", "skip"),
+        default="error",
+        help="a shard with a missing tar/Parquet or a bad name: fail, or skip and report",
+    )
+    p.add_argument(
+        "--no-count",
+        dest="count",
+        action="store_false",
+        help="do not read Parquet footers for record counts",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
