@@ -13,6 +13,9 @@ from airflow_curator.core.records import Record
 
 logger = logging.getLogger(__name__)
 
+STATUS_COL = "status"  # img2dataset: success | failed_to_download | failed_to_resize
+OK_STATUS = "success"
+
 
 def read_table(parquet_url: str, shard: str = "?", columns: list[str] | None = None) -> Any:
     """The shard's Parquet as a pyarrow Table."""
@@ -29,19 +32,36 @@ def read_table(parquet_url: str, shard: str = "?", columns: list[str] | None = N
 
 def read_ids(parquet_url: str, id_col: str, shard: str = "?") -> list[str]:
     """The id column as strings, checked present, non-null and unique."""
+    return read_shard_ids(parquet_url, id_col, shard)[0]
+
+
+def failed_ids(table: Any, id_col: str) -> set[str]:
+    """Rows that legitimately have no tar members: img2dataset keeps one row per input URL and
+    marks the ones it could not fetch with a ``status`` other than ``success``."""
+    if STATUS_COL not in table.column_names:
+        return set()
+    ids = table.column(id_col).to_pylist()
+    status = table.column(STATUS_COL).to_pylist()
+    return {str(i) for i, s in zip(ids, status, strict=True) if s is not None and s != OK_STATUS}
+
+
+def read_shard_ids(parquet_url: str, id_col: str, shard: str = "?") -> tuple[list[str], set[str]]:
+    """The checked id column and the ids of failed-download rows (see ``failed_ids``)."""
     import pyarrow.parquet as pq
 
     fs, path = storage.fs_and_path(parquet_url)
     try:
-        schema = pq.read_schema(path, filesystem=fs)
+        names = pq.read_schema(path, filesystem=fs).names
     except Exception as e:
         raise ShardError(shard, f"{parquet_url} is not readable Parquet: {e}") from e
-    if id_col not in schema.names:
+    if id_col not in names:
         raise ShardError(
-            shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(schema.names)})"
+            shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(names)})"
         )
-    column = read_table(parquet_url, shard, [id_col]).column(id_col)
-    return check_ids(column.to_pylist(), shard, parquet_url)
+    columns = [id_col] + ([STATUS_COL] if STATUS_COL in names else [])
+    table = read_table(parquet_url, shard, columns)
+    ids = check_ids(table.column(id_col).to_pylist(), shard, parquet_url)
+    return ids, failed_ids(table, id_col)
 
 
 def check_ids(ids: list[Any], shard: str, source: str) -> list[str]:
@@ -98,12 +118,15 @@ def validate_shard(tar_url: str, parquet_url: str, id_col: str = "key", shard: s
     """Check Parquet ids == tar record ids == ids inside each .json; return the record count."""
     from airflow_curator.core.records import iter_records
 
-    pq_ids = read_ids(parquet_url, id_col, shard)
+    pq_ids, failed = read_shard_ids(parquet_url, id_col, shard)
     tar_ids: list[str] = []
     for rec in iter_records(tar_url, shard):
         jid = json_id(rec, id_col, shard)
         if jid is not None and jid != rec.id:
             raise ShardError(shard, f"record {rec.id}: .json says {id_col}={jid!r}")
         tar_ids.append(rec.id)
-    compare_ids(pq_ids, tar_ids, shard)
+    compare_ids(pq_ids, tar_ids, shard, allowed_missing=failed)
+    stale = failed.intersection(tar_ids)
+    if stale:
+        raise ShardError(shard, f"rows marked failed have records in the tar: {preview(stale)}")
     return len(tar_ids)

@@ -1,0 +1,116 @@
+"""Deterministic tar writer: fixed headers, ``.idx`` entries and sha256 computed while writing.
+
+Headers are POSIX ustar with mtime 0, uid/gid 0, mode 0644 and empty user/group names, so the same
+members always give the same bytes. Names longer than 100 bytes get a GNU ``L`` long-name header,
+which every reader we care about (tarfile, webdataset, DALI, GNU tar) understands. Headers are
+built from a template instead of ``tarfile.TarInfo.tobuf`` because that costs tens of microseconds
+per member, which is most of the time of a reshard of small files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from typing import IO
+
+from airflow_curator.core.tarstream import BLOCK, Member
+
+logger = logging.getLogger(__name__)
+
+ZEROS = bytes(BLOCK)
+END_OF_ARCHIVE = bytes(2 * BLOCK)
+MAX_OCTAL_SIZE = 8**11 - 1  # what 11 octal digits hold; larger sizes use GNU base-256
+
+
+def _template(magic: bytes, typeflag: bytes) -> bytearray:
+    h = bytearray(BLOCK)
+    h[100:108] = b"0000644\x00"  # mode
+    h[108:116] = b"0000000\x00"  # uid
+    h[116:124] = b"0000000\x00"  # gid
+    h[136:148] = b"00000000000\x00"  # mtime 0
+    h[148:156] = b" " * 8  # checksum placeholder
+    h[156:157] = typeflag
+    h[257:265] = magic
+    h[329:337] = b"0000000\x00"  # devmajor
+    h[337:345] = b"0000000\x00"  # devminor
+    return h
+
+
+USTAR = _template(b"ustar\x0000", b"0")
+GNU_REGULAR = _template(b"ustar  \x00", b"0")
+GNU_LONG = _template(b"ustar  \x00", b"L")
+GNU_LONG[0:13] = b"././@LongLink"
+
+
+def _size_field(size: int) -> bytes:
+    if size <= MAX_OCTAL_SIZE:
+        return b"%011o\x00" % size
+    return b"\x80" + size.to_bytes(11, "big")
+
+
+def _checksum(h: bytearray) -> None:
+    """Byte sum with the checksum field as spaces (adler32's low half is 1 + the sum here)."""
+    total = (zlib.adler32(h[:256]) & 0xFFFF) + (zlib.adler32(h[256:]) & 0xFFFF) - 2
+    h[148:156] = b"%06o\x00 " % total
+
+
+def header(name: str, size: int) -> bytes:
+    """The header block(s) of a regular file ``name`` of ``size`` bytes."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= 100:
+        h = bytearray(USTAR)
+        h[0 : len(raw)] = raw
+        h[124:136] = _size_field(size)
+        _checksum(h)
+        return bytes(h)
+    long = bytearray(GNU_LONG)
+    payload = raw + b"\x00"
+    long[124:136] = _size_field(len(payload))
+    _checksum(long)
+    pad = -len(payload) % BLOCK
+    h = bytearray(GNU_REGULAR)
+    h[0:100] = raw[:100]
+    h[124:136] = _size_field(size)
+    _checksum(h)
+    return bytes(long) + payload + bytes(pad) + bytes(h)
+
+
+class TarWriter:
+    """Appends members to a binary file; keeps the members (for the ``.idx``) and a sha256."""
+
+    def __init__(self, f: IO[bytes], *, checksum: bool = True) -> None:
+        self.f = f
+        self.pos = 0
+        self.members: list[Member] = []
+        self.sha = hashlib.sha256() if checksum else None
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        if self.sha is not None:
+            self.sha.update(data)
+        self.pos += len(data)
+
+    def add(self, name: str, data: bytes | memoryview) -> Member:
+        """Write one member; ``data`` is copied as is."""
+        size = len(data)
+        head = header(name, size)
+        member = Member(name, self.pos, self.pos + len(head), size)
+        pad = -size % BLOCK
+        if size < 1 << 16:  # one write for small members
+            self._write(b"".join((head, data, ZEROS[:pad])))
+        else:
+            self._write(head)
+            self._write(data)
+            if pad:
+                self._write(ZEROS[:pad])
+        self.members.append(member)
+        return member
+
+    def close(self) -> None:
+        """End-of-archive marker (two zero blocks)."""
+        self._write(END_OF_ARCHIVE)
+
+    @property
+    def sha256(self) -> str | None:
+        return self.sha.hexdigest() if self.sha is not None else None
