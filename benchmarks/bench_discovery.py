@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import tool  # noqa: E402
+from benchmarks.common import tool
 
 
 def main() -> int:
@@ -45,9 +45,19 @@ def main() -> int:
             out = os.path.join(folder, "_result.json")
             t0 = time.perf_counter()
             subprocess.run(
-                [tool("airflow-curator"), "discover", "--dataset", folder, "--result-json", out,
-                 "--manifest", os.path.join(folder, "_work", "manifest.json"), *extra],
-                check=True, stderr=subprocess.DEVNULL,
+                [
+                    tool("airflow-curator"),
+                    "discover",
+                    "--dataset",
+                    folder,
+                    "--result-json",
+                    out,
+                    "--manifest",
+                    os.path.join(folder, "_work", "manifest.json"),
+                    *extra,
+                ],
+                check=True,
+                stderr=subprocess.DEVNULL,
             )
             dt = time.perf_counter() - t0
             with open(out) as f:

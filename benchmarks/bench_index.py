@@ -16,7 +16,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import cat, drop_cache, run, timed, tool, warm_cache  # noqa: E402
+from benchmarks.common import cat, drop_cache, run, timed, tool, warm_cache
 
 
 def main() -> int:
@@ -38,7 +38,9 @@ def main() -> int:
     tars = sorted(glob.glob(os.path.join(folder, "*.tar")))
     if len(tars) != args.shards:
         write_sample_dataset(
-            folder, shards=args.shards, records_per_shard=args.records // args.shards,
+            folder,
+            shards=args.shards,
+            records_per_shard=args.records // args.shards,
             image_bytes=args.image_bytes,
         )
         tars = sorted(glob.glob(os.path.join(folder, "*.tar")))
@@ -46,8 +48,17 @@ def main() -> int:
     refdir = tempfile.mkdtemp(prefix="wds2idx-")
 
     def ours() -> None:
-        run([tool("airflow-curator"), "index", "--dataset", folder, "--force",
-             "--result-json", os.path.join(refdir, "result.json")])
+        run(
+            [
+                tool("airflow-curator"),
+                "index",
+                "--dataset",
+                folder,
+                "--force",
+                "--result-json",
+                os.path.join(refdir, "result.json"),
+            ]
+        )
 
     def wds2idx() -> None:
         for t in tars:
@@ -58,7 +69,8 @@ def main() -> int:
     wds2idx()
     for t in tars:
         stem = os.path.basename(t)[:-4]
-        with open(os.path.join(folder, stem + ".idx")) as a, open(os.path.join(refdir, stem + ".idx")) as b:
+        ours_idx, ref_idx = os.path.join(folder, stem + ".idx"), os.path.join(refdir, stem + ".idx")
+        with open(ours_idx) as a, open(ref_idx) as b:
             assert a.read() == b.read(), f"{stem}.idx differs from wds2idx"
 
     warm = lambda: warm_cache(tars)  # noqa: E731
@@ -70,7 +82,7 @@ def main() -> int:
     c_cat = timed(lambda: cat(tars), args.repeat, cold)
 
     print(f"dataset: {len(tars)} shards, {args.records} records, {size / 1e9:.2f} GB")
-    print("page cache warm (median of %d, whole process):" % args.repeat)
+    print(f"page cache warm (median of {args.repeat}, whole process):")
     print(f"  airflow-curator index  {t_ours:7.3f} s   {size / 1e6 / t_ours:8.0f} MB/s")
     print(f"  wds2idx, per shard     {t_wds:7.3f} s   {size / 1e6 / t_wds:8.0f} MB/s")
     print(f"  cat > /dev/null        {t_cat:7.3f} s   {size / 1e6 / t_cat:8.0f} MB/s")
