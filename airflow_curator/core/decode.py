@@ -233,7 +233,8 @@ def _source_id(info: Any, tar: str) -> str:
 
 
 def _short(error: BaseException) -> str:
-    """The informative line of a long DALI error."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("File ", "Critical error", "Error in", "encountered"))]
-    return (useful[-1] if useful else (lines[-1] if lines else type(error).__name__))[:200]
+    """The informative line of a long DALI error (the one after ``encountered:``)."""
+    text = str(error)
+    tail = text.split("encountered:", 1)[-1]
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]

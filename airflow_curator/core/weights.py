@@ -142,12 +142,10 @@ def read_state_dict(path: str, what: str = "weights") -> dict[str, Any]:
             from safetensors.torch import load_file
 
             return dict(load_file(path, device="cpu"))
-        try:
-            obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-        except RuntimeError as e:
-            if "TorchScript" not in str(e) and "torch.jit" not in str(e):
-                raise
-            obj = torch.jit.load(path, map_location="cpu")
+        if _is_torchscript(path):
+            obj: Any = torch.jit.load(path, map_location="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"{what} {path}: not a readable checkpoint: {e}") from e
     if isinstance(obj, torch.jit.ScriptModule):
@@ -157,3 +155,13 @@ def read_state_dict(path: str, what: str = "weights") -> dict[str, Any]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{what} {path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives are zips holding ``*/constants.pkl``; state dicts are not."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") for n in z.namelist())

@@ -11,6 +11,12 @@ from types import ModuleType
 STEPS: dict[str, str] = {
     "discover": "discover",
     "index": "index",
+    "save-metadata": "save_metadata",
+    "plan-reshard": "plan_reshard",
+    "reshard": "reshard",
+    "commit": "commit",
+    "annotate": "annotate",
+    "report": "report",
 }
 
 

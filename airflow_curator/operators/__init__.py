@@ -1,0 +1,25 @@
+"""Airflow operators for the curation steps; each runs locally or as a Kubernetes pod."""
+
+from __future__ import annotations
+
+from airflow_curator.operators.base import CuratorOperator
+from airflow_curator.operators.steps import (
+    CommitOperator,
+    GpuAnnotateOperator,
+    IndexShardsOperator,
+    PlanReshardOperator,
+    ReshardOperator,
+    SaveMetadataOperator,
+    ShardDiscoveryOperator,
+)
+
+__all__ = [
+    "CommitOperator",
+    "CuratorOperator",
+    "GpuAnnotateOperator",
+    "IndexShardsOperator",
+    "PlanReshardOperator",
+    "ReshardOperator",
+    "SaveMetadataOperator",
+    "ShardDiscoveryOperator",
+]

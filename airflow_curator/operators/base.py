@@ -1,0 +1,321 @@
+"""One operator for every step: build the step's argv once, run it locally or in a pod.
+
+``CuratorOperator`` is a ``KubernetesPodOperator`` so it takes every pod argument a Kubernetes
+user expects (namespace, node selectors, tolerations, resources, service account, pod template,
+...). ``execution`` picks where the argv runs: ``kubernetes`` (the shared image, whose entrypoint
+is ``airflow-curator``, argv as the container's arguments, the result read back through the XCom
+sidecar) or ``local`` (the same argv in a subprocess on the worker). Either way the step's JSON
+result is the task's return value, so it lands in XCom. A step operator is a subclass naming its
+step and where its inputs and outputs live in the job layout; nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+from airflow.sdk import Asset, conf
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from kubernetes.client import models as k8s
+
+from airflow_curator.operators.local import USAGE_EXIT, LocalRunner, StepFailed
+from airflow_curator.runtime.argv import build_argv
+from airflow_curator.runtime.registry import step_parser
+
+logger = logging.getLogger(__name__)
+
+EXECUTION_MODES = ("local", "kubernetes")
+DEFAULT_IMAGE = "airflow-curator-runtime:latest"
+XCOM_RESULT = f"{PodDefaults.XCOM_MOUNT_PATH}/return.json"
+GPU_RESOURCE = "nvidia.com/gpu"
+STEP_LABEL = "airflow-curator/step"
+GROUP_KEYS = ("shards", "outputs")
+MAP_INDEX_TEMPLATE = "{{ (task.shard_group or {}).get('label', '') }}"
+
+
+def default_execution() -> str:
+    """``[curator] execution`` (env ``AIRFLOW__CURATOR__EXECUTION``), ``local`` if unset."""
+    return (conf.get("curator", "execution", fallback="local") or "local").strip().lower()
+
+
+def default_image() -> str:
+    return conf.get("curator", "image", fallback=DEFAULT_IMAGE) or DEFAULT_IMAGE
+
+
+@functools.lru_cache(maxsize=None)
+def step_actions(step: str) -> dict[str, argparse.Action]:
+    """Option dest -> argparse action of a step (what the step accepts)."""
+    return {a.dest: a for a in step_parser(step)._actions if a.option_strings}
+
+
+class CuratorOperator(KubernetesPodOperator):
+    """Run one ``airflow-curator`` step, locally or as a Kubernetes pod.
+
+    :param dataset: input dataset folder URI (templated).
+    :param output_uri: job output URI (templated); work files go under ``<output>/_work``.
+    :param options: further step options by CLI name (``batch_size`` or ``batch-size``),
+        templated; they override what the layout derives from ``dataset``/``output``.
+    :param shard_group: one discovery group (``{"shards": "0-3", "label": ...}``) to work on,
+        usually given through ``.expand(shard_group=discover.output["groups"])``.
+    :param execution: ``local`` or ``kubernetes``; empty: ``[curator] execution``.
+    :param gcp_conn_id: local mode: an Airflow Google Cloud connection whose key file the step
+        uses for ``gs://`` (default: the worker's default credentials). Pods use their service
+        account (workload identity) instead.
+    Every other argument is a ``KubernetesPodOperator`` argument, used in kubernetes mode.
+    """
+
+    step: ClassVar[str] = ""
+    gpus_default: ClassVar[int] = 0
+    startup_timeout_default: ClassVar[int] = 600
+    schedule_timeout_default: ClassVar[int] = 900
+
+    template_fields = (
+        *KubernetesPodOperator.template_fields,
+        "dataset",
+        "output_uri",
+        "options",
+        "shard_group",
+        "execution",
+        "gpus",
+    )
+    template_fields_renderers = {
+        **KubernetesPodOperator.template_fields_renderers,
+        "options": "json",
+        "shard_group": "json",
+    }
+    ui_color = "#d9f2e6"
+
+    def __init__(
+        self,
+        *,
+        step: str | None = None,
+        dataset: str | None = None,
+        output_uri: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        shard_group: Mapping[str, Any] | None = None,
+        execution: str | None = None,
+        gpus: int | str | None = None,
+        gcp_conn_id: str | None = None,
+        image: str | None = None,
+        do_xcom_push: bool = True,
+        startup_timeout_seconds: int | None = None,
+        schedule_timeout_seconds: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            image=image or default_image(),
+            do_xcom_push=do_xcom_push,
+            startup_timeout_seconds=startup_timeout_seconds or self.startup_timeout_default,
+            schedule_timeout_seconds=schedule_timeout_seconds or self.schedule_timeout_default,
+            **kwargs,
+        )
+        if step is not None:
+            self.step = step
+        if not self.step:
+            raise ValueError(f"{type(self).__name__} needs a step")
+        step_actions(self.step)  # fail at parse time on an unknown step
+        self.dataset = dataset
+        self.output_uri = output_uri
+        self.options = dict(options or {})
+        self.shard_group = shard_group
+        self.execution = execution
+        self.gpus = self.gpus_default if gpus is None else gpus
+        self.gcp_conn_id = gcp_conn_id
+        self._runner: LocalRunner | None = None
+
+    # -- what to run ------------------------------------------------------------------------
+
+    def layout_options(self) -> dict[str, Any]:
+        """Step options derived from ``dataset``/``output`` (subclasses; unknown ones dropped)."""
+        return {"dataset": self.dataset}
+
+    def step_options(self) -> dict[str, Any]:
+        actions = step_actions(self.step)
+        opts = {
+            k: v for k, v in self.layout_options().items() if k in actions and v not in (None, "")
+        }
+        group = self.shard_group
+        if group:  # input groups carry "shards", reshard's output groups "outputs"
+            if not isinstance(group, Mapping):
+                raise AirflowFailException(f"shard_group must be a mapping, not {group!r}")
+            for key in GROUP_KEYS:
+                if key in group and key in actions:
+                    opts[key] = group[key]
+        for name, value in self.options.items():
+            dest = name.replace("-", "_")
+            if value in (None, ""):
+                opts.pop(dest, None)  # an empty form field means "the step's default"
+                continue
+            action = actions.get(dest)
+            if action is not None and action.nargs == 0 and isinstance(value, str):
+                value = _flag(name, value)
+            opts[dest] = value
+        return opts
+
+    def argv(self, result_json: str | None = None) -> list[str]:
+        """The step argv (no program name: pods have ``airflow-curator`` as entrypoint)."""
+        return build_argv(self.step, self.step_options(), result_json=result_json)
+
+    def execution_mode(self) -> str:
+        mode = (self.execution or "").strip().lower() or default_execution()
+        if mode not in EXECUTION_MODES:
+            raise AirflowFailException(
+                f"execution must be one of {', '.join(EXECUTION_MODES)}, not {mode!r}"
+            )
+        return mode
+
+    def gpu_count(self) -> int:
+        try:
+            n = int(self.gpus or 0)
+        except (TypeError, ValueError):
+            raise AirflowFailException(f"gpus must be a whole number, not {self.gpus!r}") from None
+        if n < 0:
+            raise AirflowFailException(f"gpus must be >= 0, not {n}")
+        return n
+
+    # -- kubernetes -------------------------------------------------------------------------
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        """The KubernetesPodOperator pod plus our argv, GPU limit, tolerations and labels.
+
+        Idempotent: every call renders the same pod from the operator's fields (the base class
+        extends ``env_vars`` in place, so it is restored here)."""
+        env_vars = self.env_vars
+        try:
+            pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        finally:
+            self.env_vars = env_vars
+        container = next(
+            (c for c in pod.spec.containers if c.name == self.base_container_name),
+            pod.spec.containers[0],
+        )
+        container.args = self.argv(result_json=XCOM_RESULT if self.do_xcom_push else None)
+        gpus = self.gpu_count()
+        if gpus:
+            res = container.resources or k8s.V1ResourceRequirements()
+            limits = {**(res.limits or {}), GPU_RESOURCE: str(gpus)}
+            requests = dict(res.requests or {})
+            if GPU_RESOURCE in requests:
+                requests[GPU_RESOURCE] = str(gpus)
+            container.resources = k8s.V1ResourceRequirements(
+                limits=limits, requests=requests or None, claims=res.claims
+            )
+            tolerations = list(pod.spec.tolerations or [])
+            if not any(t.key == GPU_RESOURCE for t in tolerations):
+                tolerations.append(
+                    k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+                )
+            pod.spec.tolerations = tolerations
+        pod.metadata.labels = {
+            **(pod.metadata.labels or {}),
+            STEP_LABEL: self.step,
+            "app.kubernetes.io/name": "airflow-curator",
+        }
+        return pod
+
+    # -- running ----------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        if context.get("map_index_template") is None and self.shard_group:
+            context["map_index_template"] = MAP_INDEX_TEMPLATE
+        mode = self.execution_mode()
+        self.log.info("airflow-curator %s (%s): %s", self.step, mode, json.dumps(self.argv()))
+        if mode == "local":
+            result = self.execute_local(context)
+        else:
+            result = super().execute(context)  # defers when deferrable; see trigger_reentry
+        return self.finish(context, result)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        return self.finish(context, super().trigger_reentry(context, event))
+
+    def execute_local(self, context: Any) -> dict[str, Any]:
+        self._runner = LocalRunner(log=self.log)
+        with self._credentials_env() as env:
+            try:
+                return self._runner.run(self.argv(), env=env)
+            except StepFailed as e:
+                if e.returncode == USAGE_EXIT:  # bad arguments or input: retrying cannot help
+                    raise AirflowFailException(str(e)) from None
+                raise AirflowException(str(e)) from None
+            finally:
+                self._runner = None
+
+    def on_kill(self) -> None:
+        if self._runner is not None:
+            self._runner.kill()
+            return
+        super().on_kill()
+
+    def finish(self, context: Any, result: Any) -> Any:
+        """Log the result and attach it to this task's asset events (``outlets``)."""
+        if not isinstance(result, dict):
+            if self.do_xcom_push:
+                raise AirflowException(f"step {self.step} returned no JSON object: {result!r}")
+            return result
+        summary = {k: v for k, v in result.items() if _scalar(v)}
+        self.log.info("airflow-curator %s result: %s", self.step, json.dumps(summary))
+        events = context.get("outlet_events")
+        if events is not None:
+            for outlet in self.outlets or []:
+                if isinstance(outlet, Asset):
+                    events[outlet].extra = self.asset_extra(result)
+        return result
+
+    def asset_extra(self, result: dict[str, Any]) -> dict[str, Any]:
+        extra = {k: v for k, v in result.items() if _scalar(v)}
+        if self.output_uri:
+            extra.setdefault("output", self.output_uri)
+        return extra
+
+    @contextlib.contextmanager
+    def _credentials_env(self) -> Iterator[dict[str, str]]:
+        """Environment giving the step the ``gcp_conn_id`` key file (local mode only)."""
+        if not self.gcp_conn_id:
+            yield {}
+            return
+        from airflow.sdk import BaseHook
+
+        extra = BaseHook.get_connection(self.gcp_conn_id).extra_dejson
+        env: dict[str, str] = {}
+
+        def field(name: str) -> Any:
+            return extra.get(name) or extra.get(f"extra__google_cloud_platform__{name}")
+
+        if field("project"):
+            env["GOOGLE_CLOUD_PROJECT"] = str(field("project"))
+        key_path, keyfile = field("key_path"), field("keyfile_dict")
+        if key_path:
+            env["GOOGLE_APPLICATION_CREDENTIALS"] = str(key_path)
+            yield env
+        elif keyfile:
+            with tempfile.TemporaryDirectory(prefix="airflow-curator-gcp-") as tmp:
+                path = os.path.join(tmp, "key.json")
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                    f.write(keyfile if isinstance(keyfile, str) else json.dumps(keyfile))
+                env["GOOGLE_APPLICATION_CREDENTIALS"] = path
+                yield env
+        else:
+            yield env  # the connection only names a project: default credentials
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", ""):
+        return False
+    raise AirflowFailException(f"option {name} is a flag: expected true or false, not {value!r}")

@@ -1,0 +1,103 @@
+"""The step operators: each names its step and where its inputs and outputs live.
+
+Everything else (argv, local or pod execution, GPU resources, XCom) is ``CuratorOperator``'s.
+Every one takes ``dataset`` and ``output_uri`` (templated) plus ``options`` by CLI name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_curator.operators import layout
+from airflow_curator.operators.base import CuratorOperator
+
+
+class ShardDiscoveryOperator(CuratorOperator):
+    """List and pair the dataset's shards; returns groups to ``expand`` over.
+
+    ``multiple_outputs`` is on, so ``discover.output["groups"]`` is the list of groups."""
+
+    step = "discover"
+
+    def __init__(self, *, multiple_outputs: bool = True, **kwargs: Any) -> None:
+        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+
+    def layout_options(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "manifest": layout.manifest_url(self.output_uri) if self.output_uri else None,
+        }
+
+
+class IndexShardsOperator(CuratorOperator):
+    """Write DALI ``.idx`` files for the group's shards that lack a fresh one."""
+
+    step = "index"
+
+
+class GpuAnnotateOperator(CuratorOperator):
+    """CLIP embeddings, CLIP score, aesthetic and NSFW scores per shard, on a GPU pod.
+
+    ``gpus`` (default 1) becomes the container's ``nvidia.com/gpu`` limit with a matching
+    toleration; timeouts leave room for a GPU node to be autoscaled and the image pulled."""
+
+    step = "annotate"
+    gpus_default = 1
+    startup_timeout_default = 1200
+    schedule_timeout_default = 1800
+
+    def layout_options(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "output": self.output_uri}
+
+
+class SaveMetadataOperator(CuratorOperator):
+    """Join the annotations into per-shard metadata Parquet with the curation filter column.
+
+    Writes to ``<output>/_work/metadata`` so the input dataset is never modified; pass
+    ``options={"path": None}`` to replace the dataset's own Parquet instead."""
+
+    step = "save-metadata"
+
+    def layout_options(self) -> dict[str, Any]:
+        if not self.output_uri:
+            return {"dataset": self.dataset}
+        return {
+            "dataset": self.dataset,
+            "annotations": layout.annotations_url(self.output_uri),
+            "path": layout.metadata_url(self.output_uri),
+        }
+
+
+class PlanReshardOperator(CuratorOperator):
+    """Assign kept records to output shards; ``plan.output["groups"]`` are the output groups."""
+
+    step = "plan-reshard"
+
+    def __init__(self, *, multiple_outputs: bool = True, **kwargs: Any) -> None:
+        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+
+    def layout_options(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "output": self.output_uri,
+            "metadata": layout.metadata_url(self.output_uri) if self.output_uri else None,
+        }
+
+
+class ReshardOperator(CuratorOperator):
+    """Write one group of output shards (tar, Parquet, idx) of the plan."""
+
+    step = "reshard"
+
+    def layout_options(self) -> dict[str, Any]:
+        return {"plan": layout.plan_url(self.output_uri) if self.output_uri else None}
+
+
+class CommitOperator(CuratorOperator):
+    """Verify the output, write its manifest and ``_SUCCESS``; emits events for ``outlets``
+    (an ``Asset`` for the curated dataset) with the counts in ``extra``."""
+
+    step = "commit"
+
+    def layout_options(self) -> dict[str, Any]:
+        return {"plan": layout.plan_url(self.output_uri) if self.output_uri else None}

@@ -1,0 +1,26 @@
+"""``airflow-curator commit``: verify a reshard's outputs, write the manifest and ``_SUCCESS``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = (
+    "Finish a reshard: check every planned output shard, remove leftovers of failed attempts, "
+    "write _manifest.json (counts, sizes, sha256) and the _SUCCESS marker last."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", required=True, help="plan URI written by plan-reshard")
+    p.add_argument(
+        "--verify-hashes",
+        action="store_true",
+        help="re-read every output file and check its sha256 (default: sizes and markers)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_curator.core.commit import commit
+
+    return commit(args.plan, verify_hashes=args.verify_hashes)

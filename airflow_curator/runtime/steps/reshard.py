@@ -1,0 +1,28 @@
+"""``airflow-curator reshard``: write one group of output shards of a reshard plan."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = (
+    "Write output shards (tar + idx + parquet) of a reshard plan, copying kept members' bytes "
+    "unchanged with new ids."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", required=True, help="plan URI written by plan-reshard")
+    p.add_argument("--outputs", help="output shard numbers to write, e.g. 0-3 (default: all)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="parallel writers (0: one per CPU, at most the number of output shards)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_curator.core.reshard import reshard
+
+    return reshard(args.plan, args.outputs, workers=args.workers)

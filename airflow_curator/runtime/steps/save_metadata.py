@@ -1,0 +1,47 @@
+"""``airflow-curator save-metadata``: join annotations into each shard's Parquet, atomically."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = (
+    "Merge per-shard annotations into the shards' metadata Parquet by record id, optionally "
+    "keep a subset of columns and write a boolean curation filter column from thresholds."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="dataset folder URI")
+    p.add_argument("--annotations", required=True, help="folder of NNNNN.parquet annotations")
+    p.add_argument(
+        "--path",
+        help="folder for the merged NNNNN.parquet (default: replace the dataset's own, atomically)",
+    )
+    p.add_argument("--columns", help="keep only these columns, comma separated (id always kept)")
+    p.add_argument("--id-col", default="key", help="record id column")
+    p.add_argument("--min-aesthetic", type=float, help="keep if aesthetic_score >= this")
+    p.add_argument("--max-nsfw", type=float, help="keep if nsfw_score <= this")
+    p.add_argument("--min-clip-score", type=float, help="keep if clip_score >= this")
+    p.add_argument(
+        "--filter-column", default="passes_curation", help="name of the boolean filter column"
+    )
+    p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120 (default: all)")
+    p.add_argument("--workers", type=int, default=8, help="shards merged in parallel (threads)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_curator.core.merge import Thresholds, save_metadata
+
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    return save_metadata(
+        args.dataset,
+        annotations=args.annotations,
+        path=args.path,
+        columns=columns,
+        id_col=args.id_col,
+        thresholds=Thresholds(args.min_aesthetic, args.max_nsfw, args.min_clip_score),
+        filter_column=args.filter_column,
+        shards=args.shards,
+        workers=args.workers,
+    )

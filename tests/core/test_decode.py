@@ -1,0 +1,41 @@
+"""Structural image checks and the decoder's isolation of images it cannot decode."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from airflow_curator.core.decode import Decoder, Preprocess, check_image
+from airflow_curator.core.sample import make_jpeg
+
+PRE = Preprocess((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_whole_images_pass_and_cut_ones_fail(fmt):
+    data = make_jpeg(random.Random(0), (48, 40), fmt)
+    assert check_image(data) is None
+    assert "truncated" in check_image(data[: len(data) - 40])
+
+
+def test_non_images_are_named():
+    assert check_image(b"") == "image is empty"
+    assert "not a JPEG" in check_image(b"GIF89a....")
+
+
+def test_isolating_decoder_flags_only_the_bad_record():
+    pytest.importorskip("nvidia.dali")
+    rng = random.Random(1)
+    images = {f"{i:09d}": make_jpeg(rng, (40 + i, 50)) for i in range(7)}
+    good = images["000000003"]
+    images["000000003"] = good[:150] + bytes(250) + good[400:]
+    decoder = Decoder(PRE, "cpu", batch_size=4, threads=1)
+    batches = list(decoder.decode_isolating(list(images), images.__getitem__))
+    decoded = [rid for b in batches for rid in b.ids]
+    errors = {k: v for b in batches for k, v in b.errors.items()}
+    assert sorted(decoded) == sorted(set(images) - {"000000003"})
+    assert list(errors) == ["000000003"] and "cannot be decoded" in errors["000000003"]
+    for b in batches:
+        if b.ids:
+            assert tuple(b.images.shape) == (len(b.ids), 3, 32, 32)

@@ -1,0 +1,73 @@
+"""``airflow-curator annotate``: the pod contract, end to end on the CPU with tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_curator.runtime.argv import build_argv
+from airflow_curator.runtime.cli import main
+from tests.core.annotate_fixtures import write_awkward_shard
+
+pytest.importorskip("torch")
+pytest.importorskip("nvidia.dali")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from airflow_curator.core.tinymodel import write_tiny_models
+
+    return write_tiny_models(str(tmp_path_factory.mktemp("tiny")))
+
+
+def options(tiny, dataset, out, **extra):
+    return {
+        "dataset": str(dataset), "output": str(out), "model": tiny["model"],
+        "weights": tiny["weights"], "weights-sha256": tiny["sha256"][tiny["weights"]],
+        "aesthetic-weights": tiny["aesthetic_weights"], "nsfw-weights": tiny["nsfw_weights"],
+        "device": "cpu", "batch-size": 4, **extra,
+    }
+
+
+def test_annotate_two_shards_then_rerun(tmp_path, tiny):
+    import pyarrow.parquet as pq
+
+    dataset, out = tmp_path / "dataset", tmp_path / "out"
+    write_awkward_shard(dataset, 0, seed=3)
+    write_awkward_shard(dataset, 1, seed=4)
+    result = tmp_path / "result.json"
+    argv = build_argv("annotate", options(tiny, dataset, out, shards="0-1"), str(result))
+    assert main(argv) == 0
+    r = json.loads(result.read_text())
+    assert (r["shards"], r["annotated"], r["records"], r["failed"]) == (2, 2, 20, 6)
+    assert [s["shard"] for s in r["per_shard"]] == ["00000", "00001"]
+    assert all(s["images_per_s"] > 0 and len(s["errors"]) == 3 for s in r["per_shard"])
+    table = pq.read_table(out / "_work" / "annotations" / "00001.parquet")
+    assert table.column_names == [
+        "key", "image_embedding", "text_embedding", "clip_score", "aesthetic_score", "nsfw_score", "error"
+    ]
+    assert str(table.schema.field("image_embedding").type) == "fixed_size_list<element: float>[768]"
+    assert main(argv) == 0
+    assert json.loads(result.read_text())["skipped"] == 2
+
+
+def test_wrong_checksum_exits_1_with_one_line(tmp_path, tiny, capsys):
+    dataset = tmp_path / "dataset"
+    write_awkward_shard(dataset, 0)
+    argv = build_argv(
+        "annotate", options(tiny, dataset, tmp_path / "out", **{"weights-sha256": "ab" * 32}),
+        str(tmp_path / "r.json"),
+    )
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("airflow-curator annotate: error: weights ") and "refusing" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_unknown_model_exits_2(tmp_path, tiny, capsys):
+    dataset = tmp_path / "dataset"
+    write_awkward_shard(dataset, 0)
+    argv = build_argv("annotate", options(tiny, dataset, tmp_path / "out", model="NoSuchNet"))
+    assert main(argv) == 2
+    assert "NoSuchNet" in capsys.readouterr().err
