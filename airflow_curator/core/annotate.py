@@ -142,17 +142,29 @@ class Annotator:
         """What an annotation depends on; equal inputs mean the annotation can be reused."""
         return {
             "tar": storage.basename(shard.tar), "tar_bytes": shard.tar_bytes, "tar_mtime": shard.tar_mtime,
-            "model": f"{self.spec.key}@{self.weights.sha256 if self.weights else 'random'}",
+            "model": self.inputs_model,
             "heads": {k: w.sha256 for k, w in sorted(self.head_files.items())},
             "id_col": self.options.id_col,
         }
 
+    def share(self, other: Annotator) -> None:
+        """Reuse ``other``'s loaded CLIP model when it is the same model on the same device."""
+        if other._clip is not None and self._clip is None and (
+            other.inputs_model == self.inputs_model and other.device == self.device
+        ):
+            self._clip = other._clip
+
+    @property
+    def inputs_model(self) -> str:
+        return f"{self.spec.key}@{self.weights.sha256 if self.weights else 'random'}"
+
     @property
     def clip(self) -> ClipModel:
         """Loaded on first use: an invocation whose shards are all done loads nothing."""
-        if self._clip is None:
+        if self.decoder is None:
             t0 = time.perf_counter()
-            self._clip = ClipModel(self.spec, self.weights, self.device)
+            if self._clip is None:
+                self._clip = ClipModel(self.spec, self.weights, self.device)
             for kind, wf in self.head_files.items():
                 self.heads[kind] = Head(kind, wf, self._clip.embed_dim, self.device)
             self.decoder = Decoder(
@@ -163,6 +175,7 @@ class Annotator:
                 self._clip.embed_dim, ", ".join(self.heads) or "none", self.device,
                 time.perf_counter() - t0,
             )
+        assert self._clip is not None
         return self._clip
 
     def is_done(self, shard: Shard, url: str) -> bool:

@@ -132,8 +132,21 @@ def manifest_json(plan: Plan, markers: list[dict]) -> str:
     )
 
 
-def commit(plan_url: str, *, verify_hashes: bool = False) -> dict[str, Any]:
-    """Verify, sweep leftovers, write ``_manifest.json`` and then ``_SUCCESS``."""
+def sync_outputs(plan: Plan, threads: int = 16) -> None:
+    """Flush the output shards to disk before ``_SUCCESS`` claims them (reshard writes without
+    fsync: one flush pass here instead of a disk wait per file)."""
+    urls = [
+        storage.join(plan.output, f"{o.name}.{ext}") for o in plan.outputs for ext in SHARD_EXTS
+    ]
+    if urls and storage.is_local(plan.output):
+        with ThreadPoolExecutor(max(1, min(threads, len(urls)))) as pool:
+            list(pool.map(storage.sync_file, urls))
+
+
+def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> dict[str, Any]:
+    """Verify, sweep leftovers, flush, write ``_manifest.json`` and then ``_SUCCESS``.
+
+    ``sync=False`` skips the flush to disk of local outputs (for scratch data only)."""
     t0 = time.perf_counter()
     plan = load_plan(plan_url)
     markers = check_outputs(plan, verify_hashes)
@@ -142,6 +155,8 @@ def commit(plan_url: str, *, verify_hashes: bool = False) -> dict[str, Any]:
         logger.info("removing leftover %s", url)
         storage.remove(url)
     storage.makedirs(plan.output)
+    if sync:
+        sync_outputs(plan)
     manifest_url = storage.join(plan.output, MANIFEST)
     storage.write_bytes(manifest_url, manifest_json(plan, markers).encode())
     storage.write_bytes(storage.join(plan.output, SUCCESS), b"")
@@ -163,5 +178,6 @@ def commit(plan_url: str, *, verify_hashes: bool = False) -> dict[str, Any]:
         "bytes": sum(m["files"]["tar"]["size"] for m in markers),
         "removed": len(removed),
         "verified_hashes": verify_hashes,
+        "synced": sync,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -45,6 +45,8 @@ class Manifest:
     skipped: list[dict[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    # hidden temporaries of interrupted writes, for the steps to sweep; not saved
+    temporaries: list[storage.Entry] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def records(self) -> int | None:
@@ -69,6 +71,7 @@ class Manifest:
 
     def to_json(self) -> str:
         d = asdict(self)
+        del d["temporaries"]
         d["records"] = self.records
         d["bytes"] = self.bytes
         return json.dumps(d, indent=1, sort_keys=True)
@@ -103,8 +106,11 @@ def discover(
     by_id: dict[int, dict[str, storage.Entry]] = {}
     problems: list[dict[str, str]] = []
     ignored: list[str] = []
+    temporaries: list[storage.Entry] = []
     for e in entries:
         if e.name.startswith((".", "_")):
+            if storage.temporary_target(e.name):
+                temporaries.append(e)
             continue  # temporaries, _SUCCESS, _work: never shards
         stem, _, ext = e.name.partition(".")
         if ext not in SHARD_EXTS:
@@ -162,7 +168,7 @@ def discover(
         with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
             for s, n in zip(shards, pool.map(_parquet_rows, shards), strict=True):
                 s.records = n
-    manifest = Manifest(dataset, shards, problems, ignored)
+    manifest = Manifest(dataset, shards, problems, ignored, temporaries=temporaries)
     logger.info(
         "discovered %d shards (%d records, %.1f MB) in %s in %.2fs; %d skipped, %d ignored",
         len(shards),

@@ -159,6 +159,9 @@ def index_dataset(
             outcomes.append(IndexOutcome(s.stem, "skipped", 0, 0, 0.0))
         else:
             tasks.append(("write", s.tar, idx_url, s.tar_bytes, s.stem))
+    storage.sweep_temporaries(
+        manifest.temporaries, {storage.basename(t[2]) for t in tasks if t[0] == "write"}
+    )
     progress = Progress("index", len(selected), logger=logger)
     progress.update(len(outcomes))
     for outcome in _run_all(tasks, workers, storage.is_local(dataset)):

@@ -119,10 +119,32 @@ def load_plan(url: str) -> Plan:
         raise CuratorError(f"reshard plan {url} does not exist (run plan-reshard first)") from None
 
 
-def kept_rows(table: Any, filter_column: str, shard: str) -> Any:
-    """Row numbers whose filter column is True (null counts as False), as an Arrow array."""
+def read_parquet(url: str, shard: str, columns: list[str] | None = None) -> tuple[Any, Any]:
+    """(Arrow schema, table of ``columns``) of one Parquet; local paths skip fsspec's import."""
+    import pyarrow.parquet as pq
+
+    if storage.is_local(url):
+        path, fs = storage.local_path(url), None
+    else:
+        fs, path = storage.fs_and_path(url)
+    try:
+        pf = pq.ParquetFile(path, filesystem=fs) if fs is not None else pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        missing = [c for c in columns or () if c not in schema.names]
+        if missing:
+            raise ShardError(shard, f"{url} has no column {missing[0]!r}")
+        return schema, pf.read(columns=columns)
+    except FileNotFoundError:
+        raise ShardError(shard, f"metadata {url} does not exist") from None
+    except ShardError:
+        raise
+    except Exception as e:
+        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
+
+
+def kept_rows(table: Any, filter_column: str, shard: str) -> list[int]:
+    """Row numbers whose filter column is True (null counts as False)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if filter_column not in table.column_names:
         raise ShardError(shard, f"metadata has no filter column {filter_column!r}")
@@ -131,7 +153,7 @@ def kept_rows(table: Any, filter_column: str, shard: str) -> Any:
         raise ShardError(
             shard, f"filter column {filter_column!r} is {column.type}, not a boolean column"
         )
-    return pc.indices_nonzero(pc.fill_null(column, False))
+    return [i for i, v in enumerate(column.to_pylist()) if v]
 
 
 def ids_digest(ids: list[str]) -> str:
@@ -144,23 +166,9 @@ def _same_place(a: str, b: str) -> bool:
 
 
 def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> tuple[Any, ...]:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.fs_and_path(meta_url)
-    try:
-        pf = pq.ParquetFile(path, filesystem=fs)
-        schema = pf.schema_arrow
-    except FileNotFoundError:
-        raise ShardError(shard.stem, f"metadata {meta_url} does not exist") from None
-    except Exception as e:
-        raise ShardError(shard.stem, f"{meta_url} is not readable Parquet: {e}") from e
-    for col in (id_col, filter_column):
-        if col not in schema.names:
-            raise ShardError(shard.stem, f"{meta_url} has no column {col!r}")
-    table = pf.read(columns=[id_col, filter_column])
+    schema, table = read_parquet(meta_url, shard.stem, [id_col, filter_column])
     ids = check_ids(table.column(id_col).to_pylist(), shard.stem, meta_url)
-    rows = kept_rows(table, filter_column, shard.stem).to_pylist()
-    kept_ids = [ids[r] for r in rows]
+    rows = kept_rows(table, filter_column, shard.stem)
     return schema, InputShard(
         shard.stem,
         shard.tar,
@@ -169,7 +177,7 @@ def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) ->
         meta_url,
         len(ids),
         len(rows),
-        ids_digest(kept_ids),
+        ids_digest([ids[r] for r in rows]),
     )
 
 

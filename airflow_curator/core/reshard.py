@@ -33,6 +33,7 @@ from airflow_curator.core.plan import (
     kept_rows,
     load_plan,
     marker_url,
+    read_parquet,
 )
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.shardspec import format_spec, parse_spec
@@ -46,24 +47,44 @@ BATCH = 256  # records per ranged read from an object store
 MERGE_GAP = 1 << 20  # read through gaps smaller than this rather than issue another request
 
 
-def parse_idx(text: str, shard: str, source: str) -> dict[str, Location]:
-    """Record id -> member locations from a DALI v1.2 index."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("v1.2"):
-        raise ShardError(shard, f"{source} is not a v1.2 DALI index")
-    out: dict[str, Location] = {}
-    for line in lines[1:]:
-        tokens = line.split()
-        if len(tokens) % 4 or not tokens:
-            raise ShardError(shard, f"{source}: malformed line {line[:120]!r}")
-        key = split_member(tokens[3])[0]
-        rid = key[key.rfind("/") + 1 :]
-        if rid in out:
-            raise ShardError(shard, f"{source}: record {rid} appears twice")
-        out[rid] = sorted(
-            (tokens[i], int(tokens[i + 1]), int(tokens[i + 2])) for i in range(0, len(tokens), 4)
-        )
-    return out
+class IndexLocations:
+    """Record id -> member locations from a DALI v1.2 index, each line parsed only when asked
+    (most records of a shard are usually filtered out)."""
+
+    def __init__(self, text: str, shard: str, source: str) -> None:
+        self.shard, self.source = shard, source
+        lines = text.split("\n")
+        if not lines or not lines[0].startswith("v1.2"):
+            raise ShardError(shard, f"{source} is not a v1.2 DALI index")
+        self.lines: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            parts = line.split(" ", 4)
+            if len(parts) < 4:
+                raise ShardError(shard, f"{source}: malformed line {line[:120]!r}")
+            key = split_member(parts[3])[0]
+            rid = key[key.rfind("/") + 1 :]
+            if rid in self.lines:
+                raise ShardError(shard, f"{source}: record {rid} appears twice")
+            self.lines[rid] = line
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self.lines
+
+    def __getitem__(self, rid: str) -> Location:
+        tokens = self.lines[rid].split()
+        if len(tokens) % 4:
+            raise ShardError(self.shard, f"{self.source}: malformed line for record {rid}")
+        try:
+            return sorted(
+                (tokens[i], int(tokens[i + 1]), int(tokens[i + 2]))
+                for i in range(0, len(tokens), 4)
+            )
+        except ValueError:
+            raise ShardError(
+                self.shard, f"{self.source}: malformed line for record {rid}"
+            ) from None
 
 
 def scan_locations(tar_url: str, size: int, shard: str) -> dict[str, Location]:
@@ -172,12 +193,12 @@ class InputCache:
         return entry
 
     def _load(self, inp: InputShard) -> dict[str, Any]:
-        from airflow_curator.core.metadata import check_ids, read_table
+        from airflow_curator.core.metadata import check_ids
 
         plan = self.plan
-        table = read_table(inp.metadata, inp.stem)
+        table = read_parquet(inp.metadata, inp.stem)[1]
         ids = check_ids(table.column(plan.id_col).to_pylist(), inp.stem, inp.metadata)
-        rows = kept_rows(table, plan.filter_column, inp.stem).to_pylist()
+        rows = kept_rows(table, plan.filter_column, inp.stem)
         if len(rows) != inp.kept or ids_digest([ids[r] for r in rows]) != inp.digest:
             raise ShardError(
                 inp.stem,
@@ -186,7 +207,7 @@ class InputCache:
             )
         if inp.idx:
             text = storage.read_bytes(inp.idx).decode("utf-8", "surrogateescape")
-            locations = parse_idx(text, inp.stem, inp.idx)
+            locations: Any = IndexLocations(text, inp.stem, inp.idx)
         else:
             locations = scan_locations(inp.tar, inp.tar_bytes, inp.stem)
         return {
@@ -258,7 +279,7 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     sps, digits = plan.samples_per_shard, plan.max_shards
     new_ids: list[str] = []
     old_ids: list[str] = []
-    with storage.atomic_writer(base + ".tar") as f:
+    with storage.atomic_writer(base + ".tar", fsync=False) as f:
         writer = TarWriter(f)
         for _entry, old, locs, source in _records(cache, out):
             new = record_id(out.index, len(new_ids), sps, digits)
@@ -276,7 +297,7 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     idx = index_text(writer.members, out.name)[0].encode()
     pq_data = parquet_bytes(_metadata_table(cache, out, new_ids, old_ids))
     for ext, data in (("idx", idx), ("parquet", pq_data)):
-        storage.write_bytes(f"{base}.{ext}", data)
+        storage.write_bytes(f"{base}.{ext}", data, fsync=False)
         files[ext] = {
             "name": f"{out.name}.{ext}",
             "size": len(data),
@@ -284,7 +305,7 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
         }
     marker = {"plan": plan.digest, "shard": out.name, "records": out.records, "files": files}
     storage.write_bytes(
-        marker_url(plan.output, out.name), json.dumps(marker, sort_keys=True).encode()
+        marker_url(plan.output, out.name), json.dumps(marker, sort_keys=True).encode(), fsync=False
     )
     return marker
 

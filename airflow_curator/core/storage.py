@@ -166,6 +166,29 @@ def atomic_writer(url: str, *, fsync: bool = True) -> Iterator[IO[bytes]]:
         fs.put_file(f.name, path)
 
 
+def temporary_target(name: str) -> str | None:
+    """The final name a temporary (``.NAME.tmp-PID-RAND``) was for, or None."""
+    if not name.startswith(".") or TMP_MARK not in name:
+        return None
+    return name[1 : name.rindex(TMP_MARK)]
+
+
+def sweep_temporaries(entries: list[Entry], finals: set[str]) -> int:
+    """Remove temporaries that killed earlier attempts left for these final names.
+
+    Only the caller's own outputs: mapped tasks write other names in the same folder at the same
+    time, and one task writes a given name at a time (Airflow retries are sequential).
+    """
+    removed = 0
+    for e in entries:
+        if temporary_target(e.name) in finals:
+            with contextlib.suppress(FileNotFoundError):
+                remove(e.url)
+                removed += 1
+                logger.info("removed %s left by an interrupted attempt", e.url)
+    return removed
+
+
 def _fsync_dir(folder: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

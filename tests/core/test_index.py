@@ -153,3 +153,13 @@ def test_truncated_tar_fails_with_shard(tmp_path):
     with pytest.raises(ShardError, match=r"shard 00001: .*truncated"):
         index_dataset(ds, workers=1)
     assert not (tmp_path / "00001.idx").exists()
+
+
+def test_rerun_sweeps_debris_of_a_killed_attempt(tmp_path):
+    ds = str(tmp_path)
+    write_sample_dataset(ds, shards=2, records_per_shard=3, image_bytes=10)
+    debris = tmp_path / ".00001.idx.tmp-999-abcdef12"
+    debris.write_bytes(b"v1.2 1\njpg 512")
+    assert index_dataset(ds)["written"] == 2
+    assert not debris.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -55,3 +55,16 @@ def test_listing_and_ranges(tmp_path):
 def test_tmp_names_are_hidden():
     name = storage.tmp_name("00000.tar")
     assert name.startswith(".00000.tar" + storage.TMP_MARK)
+
+
+def test_sweep_removes_only_own_debris(tmp_path):
+    debris = tmp_path / (".00000.idx" + storage.TMP_MARK + "123-deadbeef")
+    other = tmp_path / (".00001.idx" + storage.TMP_MARK + "123-deadbeef")
+    debris.write_bytes(b"half")
+    other.write_bytes(b"someone else's")
+    storage.write_bytes(str(tmp_path / "00000.idx"), b"whole")
+    entries = storage.list_files(str(tmp_path))
+    assert storage.sweep_temporaries(entries, {"00000.idx"}) == 1
+    assert sorted(os.listdir(tmp_path)) == [other.name, "00000.idx"]
+    assert storage.temporary_target(other.name) == "00001.idx"
+    assert storage.temporary_target("00001.idx") is None

@@ -18,9 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-read every output file and check its sha256 (default: sizes and markers)",
     )
+    p.add_argument(
+        "--sync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flush local output files to disk before writing _SUCCESS",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from airflow_curator.core.commit import commit
 
-    return commit(args.plan, verify_hashes=args.verify_hashes)
+    return commit(args.plan, verify_hashes=args.verify_hashes, sync=args.sync)

@@ -1,0 +1,192 @@
+"""Curate an image-text WebDataset drop: annotate, filter and reshard it into a new dataset.
+
+discover -> index[group] -> annotate[group] -> save_metadata[group] -> plan_reshard
+         -> reshard[output group] -> commit (emits the ``curated_image_text_pairs`` asset event)
+
+Where it reads and writes:
+- ``dataset`` param, or when empty the dated drop folder ``<drops>/<YYYY-MM-DD>`` of the run's
+  logical date (a manual run without one uses the day it runs), so scheduled runs and
+  ``airflow backfill create`` process each day's drop;
+- ``output`` param, or when empty ``<curated>/<YYYY-MM-DD>``; work files go to ``<output>/_work``.
+Every step skips work that is done, so rerunning or backfilling a curated drop is cheap and
+writes the same bytes. Steps run as local subprocesses or as pods (``execution`` param, else
+``[curator] execution`` / ``AIRFLOW__CURATOR__EXECUTION``); annotation pods get GPUs.
+
+Deployment knobs (environment of the scheduler/workers): ``CURATOR_DROPS`` and
+``CURATOR_CURATED`` (default roots), ``CURATOR_GPU_POOL`` and ``CURATOR_MAX_GPU_TASKS`` (GPU
+capacity), ``CURATOR_SCHEDULE`` (cron or preset, ``none`` for manual only).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Asset, Param
+
+from airflow_curator.operators import (
+    CommitOperator,
+    GpuAnnotateOperator,
+    IndexShardsOperator,
+    PlanReshardOperator,
+    ReshardOperator,
+    SaveMetadataOperator,
+    ShardDiscoveryOperator,
+)
+
+DROPS = os.environ.get("CURATOR_DROPS", "gs://example-bucket/image-text/drops")
+CURATED = os.environ.get("CURATOR_CURATED", "gs://example-bucket/image-text/curated")
+SCHEDULE = os.environ.get("CURATOR_SCHEDULE", "@daily")
+GPU_POOL = os.environ.get("CURATOR_GPU_POOL", "default_pool")
+MAX_GPU_TASKS = int(os.environ.get("CURATOR_MAX_GPU_TASKS", "8"))
+
+# Downstream training DAGs schedule on this; each event's extra has the output URI and counts.
+CURATED_ASSET = Asset(name="curated_image_text_pairs", uri=CURATED)
+
+# Templates are strict and manual runs have no logical date: use ``ds`` only when defined.
+DROP_DATE = "(ds if ds is defined and ds else dag_run.run_after | ds)"
+DATASET = "{{ params.dataset or (params.drops ~ '/' ~ %s) }}" % DROP_DATE
+OUTPUT = "{{ params.output or (params.curated ~ '/' ~ %s) }}" % DROP_DATE
+GROUP_LABEL = "{{ task.shard_group['label'] }}"
+
+
+def _param(name: str) -> str:
+    return "{{ params.%s }}" % name
+
+
+COMMON = {
+    "dataset": DATASET,
+    "output_uri": OUTPUT,
+    "execution": _param("execution"),
+}
+
+with DAG(
+    dag_id="curate_image_text_pairs",
+    description="Annotate (CLIP, aesthetic, NSFW), filter and reshard an image-text WebDataset",
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    render_template_as_native_obj=True,  # ints, floats and nulls reach the steps as such
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["curation", "webdataset", "gpu"],
+    doc_md=__doc__,
+    params={
+        "dataset": Param(
+            "",
+            type="string",
+            title="Dataset",
+            description="Input WebDataset folder (local path, gs://...). Empty: the dated drop "
+            "folder under 'drops' for the run's logical date.",
+        ),
+        "output": Param(
+            "",
+            type="string",
+            title="Output",
+            description="Curated dataset folder. Empty: <curated>/<date>.",
+        ),
+        "drops": Param(DROPS, type="string", minLength=1, description="Root of dated drops"),
+        "curated": Param(CURATED, type="string", minLength=1, description="Root of outputs"),
+        "execution": Param(
+            "",
+            type="string",
+            enum=["", "local", "kubernetes"],
+            description="Where steps run; empty: [curator] execution in the Airflow config",
+        ),
+        "model": Param(
+            "ViT-L-14",
+            type="string",
+            minLength=1,
+            description="open_clip architecture or a model-config .json URI",
+        ),
+        "weights": Param(
+            "", type="string", description="CLIP weights URI; empty: the pinned checkpoint"
+        ),
+        "aesthetic_weights": Param(
+            "", type="string", description="Aesthetic head URI or 'none'; empty: pinned LAION"
+        ),
+        "nsfw_weights": Param(
+            "", type="string", description="NSFW head URI or 'none'; empty: the default"
+        ),
+        "min_aesthetic": Param(
+            None, type=["null", "number"], minimum=0, maximum=10, description="Keep if >= (0-10)"
+        ),
+        "max_nsfw": Param(
+            None, type=["null", "number"], minimum=0, maximum=1, description="Keep if <= (0-1)"
+        ),
+        "min_clip_score": Param(
+            None, type=["null", "number"], minimum=-1, maximum=1, description="Keep if >= (cosine)"
+        ),
+        "filter_column": Param(
+            "passes_curation",
+            type="string",
+            pattern="^[A-Za-z_][A-Za-z0-9_]*$",
+            description="Boolean column written by save-metadata and used by reshard",
+        ),
+        "samples_per_shard": Param(10000, type="integer", minimum=1, maximum=1_000_000),
+        "max_shards": Param(5, type="integer", minimum=1, maximum=9, description="Shard digits"),
+        "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
+        "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
+        "gpus": Param(1, type="integer", minimum=0, maximum=16, description="GPUs per pod"),
+    },
+) as dag:
+    discover = ShardDiscoveryOperator(task_id="discover", **COMMON)
+    groups = discover.output["groups"]
+
+    index = IndexShardsOperator.partial(
+        task_id="index", map_index_template=GROUP_LABEL, **COMMON
+    ).expand(shard_group=groups)
+
+    annotate = GpuAnnotateOperator.partial(
+        task_id="annotate",
+        map_index_template=GROUP_LABEL,
+        gpus=_param("gpus"),
+        pool=GPU_POOL,
+        max_active_tis_per_dag=MAX_GPU_TASKS,
+        options={
+            name: _param(name)
+            for name in (
+                "model",
+                "weights",
+                "aesthetic_weights",
+                "nsfw_weights",
+                "device",
+                "batch_size",
+            )
+        },
+        **COMMON,
+    ).expand(shard_group=groups)
+
+    save_metadata = SaveMetadataOperator.partial(
+        task_id="save_metadata",
+        map_index_template=GROUP_LABEL,
+        options={
+            name: _param(name)
+            for name in ("min_aesthetic", "max_nsfw", "min_clip_score", "filter_column")
+        },
+        **COMMON,
+    ).expand(shard_group=groups)
+
+    plan = PlanReshardOperator(
+        task_id="plan_reshard",
+        options={
+            name: _param(name) for name in ("filter_column", "samples_per_shard", "max_shards")
+        },
+        **COMMON,
+    )
+
+    reshard = ReshardOperator.partial(
+        task_id="reshard", map_index_template=GROUP_LABEL, **COMMON
+    ).expand(shard_group=plan.output["groups"])
+
+    # Commits also when nothing was kept (no output groups, so no reshard task ran).
+    commit = CommitOperator(
+        task_id="commit",
+        outlets=[CURATED_ASSET],
+        trigger_rule="none_failed_min_one_success",
+        **COMMON,
+    )
+
+    discover >> index >> annotate >> save_metadata >> plan >> reshard >> commit
+    plan >> commit
