@@ -19,7 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airflow_curator.core import storage
-from airflow_curator.core.annotate import NONE, Annotator, Options, annotate_dataset, annotations_url
+from airflow_curator.core.annotate import (
+    NONE,
+    Annotator,
+    Options,
+    annotate_dataset,
+    annotations_url,
+)
 from airflow_curator.dataset import ImageTextPairDataset
 
 logger = logging.getLogger(__name__)
@@ -41,13 +47,20 @@ class ClipImageEmbedder:
         batch_size: int = 64,
     ) -> None:
         self.options = Options(
-            model=model, weights=weights, weights_sha256=weights_sha256, device=device,
-            batch_size=batch_size, aesthetic_weights=NONE, nsfw_weights=NONE,
+            model=model,
+            weights=weights,
+            weights_sha256=weights_sha256,
+            device=device,
+            batch_size=batch_size,
+            aesthetic_weights=NONE,
+            nsfw_weights=NONE,
         )
         self._annotators: dict[tuple[Any, ...], Annotator] = {}
 
     def annotator(self, options: Options) -> Annotator:
-        key = tuple(sorted((k, v) for k, v in vars(options).items() if k not in ("force", "id_col")))
+        key = tuple(
+            sorted((k, v) for k, v in vars(options).items() if k not in ("force", "id_col"))
+        )
         if key not in self._annotators:
             annotator = Annotator(options)
             for other in self._annotators.values():
@@ -104,8 +117,13 @@ class AnnotatedDataset:
         aesthetic = self.heads.get("aesthetic", (NONE, None))
         nsfw = self.heads.get("nsfw", (NONE, None))
         return replace(
-            base, aesthetic_weights=aesthetic[0], aesthetic_sha256=aesthetic[1],
-            nsfw_weights=nsfw[0], nsfw_sha256=nsfw[1], id_col=self.dataset.id_col, force=force,
+            base,
+            aesthetic_weights=aesthetic[0],
+            aesthetic_sha256=aesthetic[1],
+            nsfw_weights=nsfw[0],
+            nsfw_sha256=nsfw[1],
+            id_col=self.dataset.id_col,
+            force=force,
         )
 
     @property
@@ -114,7 +132,9 @@ class AnnotatedDataset:
         folder, whose ``_work`` is ignored by discovery)."""
         return self.output or self.dataset.path
 
-    def annotate(self, output: str | None = None, shards: str | None = None, force: bool = False) -> dict[str, Any]:
+    def annotate(
+        self, output: str | None = None, shards: str | None = None, force: bool = False
+    ) -> dict[str, Any]:
         """Run (or reuse) the annotation; returns the step result (counts, failures, images/s)."""
         if output is not None:
             self.output = output
@@ -148,7 +168,9 @@ class AnnotatedDataset:
         ann = self.annotations
         id_col = self.dataset.id_col
         position = {rid: i for i, rid in enumerate(ann.column(id_col).to_pylist())}
-        rows = pa.array([position.get(str(rid)) for rid in meta.column(id_col).to_pylist()], pa.int64())
+        rows = pa.array(
+            [position.get(str(rid)) for rid in meta.column(id_col).to_pylist()], pa.int64()
+        )
         joined = ann.take(rows)
         for name in ann.column_names:
             if name != id_col:

@@ -49,6 +49,68 @@ class ImageTextPairDataset:
             self._metadata = pa.concat_tables(tables, promote_options="default") if tables else None
         return self._metadata
 
+    def save_metadata(
+        self,
+        path: str | None = None,
+        columns: list[str] | None = None,
+        *,
+        annotations: str | None = None,
+        min_aesthetic: float | None = None,
+        max_nsfw: float | None = None,
+        min_clip_score: float | None = None,
+        filter_column: str = "passes_curation",
+    ) -> dict[str, Any]:
+        """Write each shard's metadata to ``path`` (default: replace the dataset's own Parquet,
+        atomically), joined by id with ``annotations`` (a folder of ``NNNNN.parquet``) when
+        given; ``columns`` keeps a subset (the id always); thresholds write ``filter_column``."""
+        from airflow_curator.core.merge import Thresholds, save_metadata
+
+        result = save_metadata(
+            self.path,
+            annotations=annotations,
+            path=path,
+            columns=columns,
+            id_col=self.id_col,
+            thresholds=Thresholds(min_aesthetic, max_nsfw, min_clip_score),
+            filter_column=filter_column,
+        )
+        if path is None:  # the Parquet changed under us: reload lazily
+            self.manifest = discover(self.path)
+            self._metadata = None
+        return result
+
+    def to_webdataset(
+        self,
+        path: str,
+        filter_column: str,
+        samples_per_shard: int = 10000,
+        max_shards: int = 5,
+        old_id_col: str | None = None,
+        *,
+        metadata: str | None = None,
+        workers: int = 0,
+    ) -> ImageTextPairDataset:
+        """Write the records whose ``filter_column`` is true as a new dataset at ``path``: new ids,
+        ``.json`` ids rewritten, member bytes unchanged, ``.idx`` and Parquet per shard, then a
+        manifest and ``_SUCCESS``. Same code as the plan-reshard, reshard and commit steps."""
+        from airflow_curator.core.commit import commit
+        from airflow_curator.core.plan import plan_reshard
+        from airflow_curator.core.reshard import reshard
+
+        planned = plan_reshard(
+            self.path,
+            path,
+            filter_column,
+            metadata=metadata,
+            id_col=self.id_col,
+            samples_per_shard=samples_per_shard,
+            max_shards=max_shards,
+            old_id_col=old_id_col,
+        )
+        reshard(planned["plan"], workers=workers)
+        commit(planned["plan"])
+        return type(self).from_webdataset(path, self.id_col)
+
     def __len__(self) -> int:
         return self.manifest.records or 0
 

@@ -46,13 +46,15 @@ CURATED_ASSET = Asset(name="curated_image_text_pairs", uri=CURATED)
 
 # Templates are strict and manual runs have no logical date: use ``ds`` only when defined.
 DROP_DATE = "(ds if ds is defined and ds else dag_run.run_after | ds)"
-DATASET = "{{ params.dataset or (params.drops ~ '/' ~ %s) }}" % DROP_DATE
-OUTPUT = "{{ params.output or (params.curated ~ '/' ~ %s) }}" % DROP_DATE
-GROUP_LABEL = "{{ task.shard_group['label'] }}"
+DATASET = "{{ params.dataset or (params.drops ~ '/' ~ " + DROP_DATE + ") }}"
+OUTPUT = "{{ params.output or (params.curated ~ '/' ~ " + DROP_DATE + ") }}"
+# Shown as the mapped task's name in the UI (text, so native rendering keeps "00000" as is).
+SHARDS_LABEL = "shards {{ task.shard_group['label'] }}"
+OUTPUTS_LABEL = "outputs {{ task.shard_group['label'] }}"
 
 
 def _param(name: str) -> str:
-    return "{{ params.%s }}" % name
+    return "{{ params." + name + " }}"
 
 
 COMMON = {
@@ -129,18 +131,27 @@ with DAG(
         "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
         "gpus": Param(1, type="integer", minimum=0, maximum=16, description="GPUs per pod"),
+        "group_bytes": Param(
+            4 << 30,
+            type="integer",
+            minimum=1,
+            description="Tar bytes per mapped task (input and output groups): fewer, larger "
+            "tasks amortise pod start and model load",
+        ),
     },
 ) as dag:
-    discover = ShardDiscoveryOperator(task_id="discover", **COMMON)
-    groups = discover.output["groups"]
+    discover = ShardDiscoveryOperator(
+        task_id="discover", options={"group_bytes": _param("group_bytes")}, **COMMON
+    )
+    groups = discover.output
 
     index = IndexShardsOperator.partial(
-        task_id="index", map_index_template=GROUP_LABEL, **COMMON
+        task_id="index", map_index_template=SHARDS_LABEL, **COMMON
     ).expand(shard_group=groups)
 
     annotate = GpuAnnotateOperator.partial(
         task_id="annotate",
-        map_index_template=GROUP_LABEL,
+        map_index_template=SHARDS_LABEL,
         gpus=_param("gpus"),
         pool=GPU_POOL,
         max_active_tis_per_dag=MAX_GPU_TASKS,
@@ -160,7 +171,7 @@ with DAG(
 
     save_metadata = SaveMetadataOperator.partial(
         task_id="save_metadata",
-        map_index_template=GROUP_LABEL,
+        map_index_template=SHARDS_LABEL,
         options={
             name: _param(name)
             for name in ("min_aesthetic", "max_nsfw", "min_clip_score", "filter_column")
@@ -171,14 +182,15 @@ with DAG(
     plan = PlanReshardOperator(
         task_id="plan_reshard",
         options={
-            name: _param(name) for name in ("filter_column", "samples_per_shard", "max_shards")
+            name: _param(name)
+            for name in ("filter_column", "samples_per_shard", "max_shards", "group_bytes")
         },
         **COMMON,
     )
 
     reshard = ReshardOperator.partial(
-        task_id="reshard", map_index_template=GROUP_LABEL, **COMMON
-    ).expand(shard_group=plan.output["groups"])
+        task_id="reshard", map_index_template=OUTPUTS_LABEL, **COMMON
+    ).expand(shard_group=plan.output)
 
     # Commits also when nothing was kept (no output groups, so no reshard task ran).
     commit = CommitOperator(

@@ -16,14 +16,21 @@ def test_embedder_and_classifiers_join_scores_by_id(tmp_path):
     from airflow_curator.core.tinymodel import write_tiny_models
 
     tiny = write_tiny_models(str(tmp_path / "tiny"))
-    kinds = {**write_awkward_shard(tmp_path / "ds", 0, seed=5), **write_awkward_shard(tmp_path / "ds", 1)}
+    kinds = {
+        **write_awkward_shard(tmp_path / "ds", 0, seed=5),
+        **write_awkward_shard(tmp_path / "ds", 1),
+    }
     dataset = ImageTextPairDataset.from_webdataset(str(tmp_path / "ds"))
     embedder = ClipImageEmbedder(tiny["model"], tiny["weights"], device="cpu", batch_size=4)
     embedded = embedder(dataset)
-    scored = NsfwClassifier(tiny["nsfw_weights"])(AestheticClassifier(tiny["aesthetic_weights"])(embedded))
+    scored = NsfwClassifier(tiny["nsfw_weights"])(
+        AestheticClassifier(tiny["aesthetic_weights"])(embedded)
+    )
     meta = scored.metadata
     assert meta.num_rows == len(kinds)
-    assert {"caption", "image_embedding", "clip_score", "aesthetic_score", "nsfw_score"} <= set(meta.column_names)
+    assert {"caption", "image_embedding", "clip_score", "aesthetic_score", "nsfw_score"} <= set(
+        meta.column_names
+    )
     errors = dict(zip(meta.column("key").to_pylist(), meta.column("error").to_pylist()))
     assert {k for k, e in errors.items() if e} == {k for k, kind in kinds.items() if kind != "ok"}
     scores = dict(zip(meta.column("key").to_pylist(), meta.column("nsfw_score").to_pylist()))

@@ -78,7 +78,12 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        d = {"shard": self.shard, "action": self.action, "records": self.records, "failed": self.failed}
+        d = {
+            "shard": self.shard,
+            "action": self.action,
+            "records": self.records,
+            "failed": self.failed,
+        }
         if self.action == "annotated":
             d["seconds"] = round(self.seconds, 3)
             d["images_per_s"] = round(self.records / max(self.seconds, 1e-9), 1)
@@ -106,7 +111,9 @@ def scan_shard(tar: str, shard: str, id_col: str, size: int | None = None) -> li
         if jid is not None and jid != rec.id:
             raise ShardError(shard, f"record {rec.id}: its .json says {id_col}={jid!r}")
         ext = rec.image_ext()
-        error = check_image(rec.data[ext]) if ext else "record has no image (jpg, jpeg, png or webp)"
+        error = (
+            check_image(rec.data[ext]) if ext else "record has no image (jpg, jpeg, png or webp)"
+        )
         caption = rec.data.get("txt", b"").decode("utf-8", "replace")
         out.append(ScannedRecord(rec.id, rec.parts[ext] if ext else None, caption, error))
     return out
@@ -141,7 +148,9 @@ class Annotator:
     def inputs(self, shard: Shard) -> dict[str, Any]:
         """What an annotation depends on; equal inputs mean the annotation can be reused."""
         return {
-            "tar": storage.basename(shard.tar), "tar_bytes": shard.tar_bytes, "tar_mtime": shard.tar_mtime,
+            "tar": storage.basename(shard.tar),
+            "tar_bytes": shard.tar_bytes,
+            "tar_mtime": shard.tar_mtime,
             "model": self.inputs_model,
             "heads": {k: w.sha256 for k, w in sorted(self.head_files.items())},
             "id_col": self.options.id_col,
@@ -149,8 +158,10 @@ class Annotator:
 
     def share(self, other: Annotator) -> None:
         """Reuse ``other``'s loaded CLIP model when it is the same model on the same device."""
-        if other._clip is not None and self._clip is None and (
-            other.inputs_model == self.inputs_model and other.device == self.device
+        if (
+            other._clip is not None
+            and self._clip is None
+            and (other.inputs_model == self.inputs_model and other.device == self.device)
         ):
             self._clip = other._clip
 
@@ -168,11 +179,16 @@ class Annotator:
             for kind, wf in self.head_files.items():
                 self.heads[kind] = Head(kind, wf, self._clip.embed_dim, self.device)
             self.decoder = Decoder(
-                Preprocess.from_open_clip(self._clip.preprocess), self.device, self.options.batch_size
+                Preprocess.from_open_clip(self._clip.preprocess),
+                self.device,
+                self.options.batch_size,
             )
             logger.info(
-                "model %s (%d-d) and heads %s on %s loaded in %.1fs", self.spec.label,
-                self._clip.embed_dim, ", ".join(self.heads) or "none", self.device,
+                "model %s (%d-d) and heads %s on %s loaded in %.1fs",
+                self.spec.label,
+                self._clip.embed_dim,
+                ", ".join(self.heads) or "none",
+                self.device,
                 time.perf_counter() - t0,
             )
         assert self._clip is not None
@@ -210,7 +226,11 @@ class Annotator:
         storage.write_bytes(url, buf.getvalue())
         errors = {r.id: r.error for r in records if r.error}
         return Outcome(
-            shard.stem, "annotated", len(records), len(errors), time.perf_counter() - t0,
+            shard.stem,
+            "annotated",
+            len(records),
+            len(errors),
+            time.perf_counter() - t0,
             [f"{k}: {v}" for k, v in sorted(errors.items())[:MAX_ERRORS]],
         )
 
@@ -255,14 +275,20 @@ class Annotator:
                 lines = storage.read_bytes(shard.idx).decode().splitlines()[1:]
                 theirs = [p for ln in lines for p in _entries(ln) if p.split(" ")[3] in keep]
                 if sorted(theirs) != sorted(text.splitlines()[1:]):
-                    logger.warning("shard %s: %s is stale, run `index --force`", shard.stem, shard.idx)
+                    logger.warning(
+                        "shard %s: %s is stale, run `index --force`", shard.stem, shard.idx
+                    )
             except (OSError, IndexError, UnicodeDecodeError) as e:
                 logger.warning("shard %s: %s is unreadable (%s)", shard.stem, shard.idx, e)
         return text
 
     def _table(
-        self, ids: list[str], records: list[ScannedRecord], results: dict[str, tuple[Any, ...]],
-        dim: int, shard: Shard,
+        self,
+        ids: list[str],
+        records: list[ScannedRecord],
+        results: dict[str, tuple[Any, ...]],
+        dim: int,
+        shard: Shard,
     ) -> Any:
         import numpy as np
         import pyarrow as pa
@@ -276,22 +302,26 @@ class Annotator:
             head_off = j >= 3 and results and next(iter(results.values()))[j] is None
             if not results or head_off:
                 return pa.nulls(n, pa.list_(pa.float32(), width) if width else pa.float32())
-            rows = [results[rid][j] if flag else (zeros if width else 0.0) for rid, flag in zip(ids, ok)]
+            rows = [
+                results[rid][j] if flag else (zeros if width else 0.0) for rid, flag in zip(ids, ok)
+            ]
             values = np.asarray(rows, dtype=np.float32)
             if width:
                 flat = pa.array(values.reshape(-1), pa.float32())
                 return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(~ok))
             return pa.array(values, pa.float32(), mask=~ok)
 
-        table = pa.table({
-            self.options.id_col: pa.array(ids, pa.string()),
-            "image_embedding": column(0, dim),
-            "text_embedding": column(1, dim),
-            "clip_score": column(2, None),
-            "aesthetic_score": column(3, None),
-            "nsfw_score": column(4, None),
-            "error": pa.array([errors[rid] for rid in ids], pa.string()),
-        })
+        table = pa.table(
+            {
+                self.options.id_col: pa.array(ids, pa.string()),
+                "image_embedding": column(0, dim),
+                "text_embedding": column(1, dim),
+                "clip_score": column(2, None),
+                "aesthetic_score": column(3, None),
+                "nsfw_score": column(4, None),
+                "error": pa.array([errors[rid] for rid in ids], pa.string()),
+            }
+        )
         meta = {META_KEY: json.dumps(self.inputs(shard), sort_keys=True).encode()}
         return table.replace_schema_metadata(meta)
 
@@ -303,7 +333,11 @@ def _entries(line: str) -> list[str]:
 
 
 def annotate_dataset(
-    dataset: str, output: str, shards: str | None, options: Options, annotator: Annotator | None = None
+    dataset: str,
+    output: str,
+    shards: str | None,
+    options: Options,
+    annotator: Annotator | None = None,
 ) -> dict[str, Any]:
     """Annotate the selected shards into ``<output>/_work/annotations``; the step's result."""
     t0 = time.perf_counter()
@@ -320,8 +354,13 @@ def annotate_dataset(
         else:
             outcome = annotator.annotate_shard(shard, url)
             if outcome.failed:
-                logger.warning("shard %s: %d of %d images failed, e.g. %s", shard.stem,
-                               outcome.failed, outcome.records, outcome.errors[0])
+                logger.warning(
+                    "shard %s: %d of %d images failed, e.g. %s",
+                    shard.stem,
+                    outcome.failed,
+                    outcome.records,
+                    outcome.errors[0],
+                )
         outcomes.append(outcome)
         progress.update(items=outcome.records if outcome.action == "annotated" else 0)
     done = [o for o in outcomes if o.action == "annotated"]

@@ -16,7 +16,13 @@ from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError
-from airflow_curator.core.weights import WeightsError, WeightsFile, read_state_dict, resolve
+from airflow_curator.core.weights import (
+    WeightsError,
+    WeightsFile,
+    openai_url,
+    read_state_dict,
+    resolve,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,16 +31,8 @@ RANDOM = "random"  # --weights random: untrained weights, for benchmarks only
 # Architecture -> its pinned default checkpoint (OpenAI's, as NeMo Curator and LAION use) and
 # whether that checkpoint needs QuickGELU.
 DEFAULT_WEIGHTS: dict[str, tuple[str, bool]] = {
-    "ViT-L-14": (
-        "https://openaipublic.azureedge.net/clip/models/"
-        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-        True,
-    ),
-    "ViT-B-32": (
-        "https://openaipublic.azureedge.net/clip/models/"
-        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-        True,
-    ),
+    "ViT-L-14": (openai_url("ViT-L-14.pt"), True),
+    "ViT-B-32": (openai_url("ViT-B-32.pt"), True),
 }
 OPENAI_FILES = {os.path.basename(u) for u, _ in DEFAULT_WEIGHTS.values()}
 
@@ -90,7 +88,9 @@ def default_weights(spec: ModelSpec) -> str:
     )
 
 
-def resolve_weights(spec: ModelSpec, weights: str | None, sha256: str | None = None) -> WeightsFile | None:
+def resolve_weights(
+    spec: ModelSpec, weights: str | None, sha256: str | None = None
+) -> WeightsFile | None:
     """The checked weight file (None for ``random``)."""
     if weights == RANDOM:
         logger.warning("--weights random: the CLIP model is untrained (benchmarks only)")
@@ -126,7 +126,9 @@ class ClipModel:
         self.weights = weights
         self.device = torch.device(device)
         model = open_clip.create_model(
-            spec.name, pretrained=None, force_quick_gelu=quick,
+            spec.name,
+            pretrained=None,
+            force_quick_gelu=quick,
             force_preprocess_cfg=spec.preprocess or None,
         )
         if weights is not None:

@@ -61,7 +61,11 @@ class Preprocess:
         if mode not in ("shortest", "squash", "longest"):
             raise ValueError(f"unsupported open_clip resize_mode {mode!r}")
         return cls(
-            hw, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"), mode,
+            hw,
+            tuple(cfg["mean"]),
+            tuple(cfg["std"]),
+            cfg.get("interpolation", "bicubic"),
+            mode,
             int(cfg.get("fill_color", 0)),
         )
 
@@ -88,16 +92,24 @@ def _transform(images: Any, pre: Preprocess, device: str) -> Any:
         images = fn.resize(images, device=device, resize_shorter=min(h, w), interp_type=interp)
     fill = [(pre.fill_color - m * 255) / (s * 255) for m, s in zip(pre.mean, pre.std)]
     return fn.crop_mirror_normalize(
-        images, device=device, crop=(h, w), dtype=types.FLOAT, output_layout="CHW",
-        mean=[m * 255 for m in pre.mean], std=[s * 255 for s in pre.std],
-        out_of_bounds_policy="pad", fill_values=fill,
+        images,
+        device=device,
+        crop=(h, w),
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[m * 255 for m in pre.mean],
+        std=[s * 255 for s in pre.std],
+        out_of_bounds_policy="pad",
+        fill_values=fill,
     )
 
 
 class Decoder:
     """Builds DALI pipelines for a device: ``cuda`` (GPU ``mixed`` decoder) or ``cpu``."""
 
-    def __init__(self, pre: Preprocess, device: str = "cpu", batch_size: int = 64, threads: int = 0) -> None:
+    def __init__(
+        self, pre: Preprocess, device: str = "cpu", batch_size: int = 64, threads: int = 0
+    ) -> None:
         self.pre = pre
         self.gpu = device.startswith("cuda")
         self.device_id = (int(device.split(":")[1]) if ":" in device else 0) if self.gpu else None
@@ -108,7 +120,9 @@ class Decoder:
         from nvidia.dali import fn, pipeline_def, types
 
         @pipeline_def(
-            batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+            batch_size=self.batch_size,
+            num_threads=self.threads,
+            device_id=self.device_id,
             prefetch_queue_depth=prefetch,
         )
         def pipe() -> Any:
@@ -127,8 +141,11 @@ class Decoder:
             from nvidia.dali import fn
 
             encoded = fn.readers.webdataset(
-                paths=[tar], index_paths=[index], ext=[IMAGE_EXT_SPEC],
-                missing_component_behavior="error", name="reader",
+                paths=[tar],
+                index_paths=[index],
+                ext=[IMAGE_EXT_SPEC],
+                missing_component_behavior="error",
+                name="reader",
             )
             return encoded, fn.get_property(encoded, key="source_info")
 
@@ -174,7 +191,9 @@ class Decoder:
                 for _ in range(-(-len(ids) // self.batch_size)):
                     images, info = pipe.run()
                     batch_ids = [_source_id(info.at(i), tar) for i in range(len(info))]
-                    keep = [i for i, rid in enumerate(batch_ids) if rid in wanted and rid not in done]
+                    keep = [
+                        i for i, rid in enumerate(batch_ids) if rid in wanted and rid not in done
+                    ]
                     if not keep:
                         continue
                     tensor = self.to_torch(images)
@@ -186,7 +205,10 @@ class Decoder:
             except Exception as e:  # DALI raises RuntimeError subclasses; any failure falls back
                 logger.warning(
                     "%s: decoder failed after %d of %d records (%s); isolating the bad image(s)",
-                    tar, len(done), len(ids), _short(e),
+                    tar,
+                    len(done),
+                    len(ids),
+                    _short(e),
                 )
         rest = [rid for rid in ids if rid not in done]
         if rest:

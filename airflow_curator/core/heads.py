@@ -11,17 +11,13 @@ import logging
 from typing import Any
 
 from airflow_curator.core.errors import CuratorError
-from airflow_curator.core.weights import WeightsFile, read_state_dict
+from airflow_curator.core.weights import AESTHETIC_URL, WeightsFile, read_state_dict
 
 logger = logging.getLogger(__name__)
 
 # The aesthetic predictor's default file (pinned in weights.PINNED). No PyTorch file of the NSFW
 # detector is published with a checksum (LAION ships a Keras zip), so it has no default.
-DEFAULT_AESTHETIC = (
-    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
-    "sac+logos+ava1-l14-linearMSE.pth"
-)
-DEFAULTS: dict[str, str | None] = {"aesthetic": DEFAULT_AESTHETIC, "nsfw": None}
+DEFAULTS: dict[str, str | None] = {"aesthetic": AESTHETIC_URL, "nsfw": None}
 
 
 class HeadError(CuratorError):
@@ -43,8 +39,14 @@ def aesthetic_module(in_dim: int = 768) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.layers = nn.Sequential(
-                nn.Linear(in_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+                nn.Linear(in_dim, 1024),
+                nn.Dropout(0.2),
+                nn.Linear(1024, 128),
+                nn.Dropout(0.2),
+                nn.Linear(128, 64),
+                nn.Dropout(0.1),
+                nn.Linear(64, 16),
+                nn.Linear(16, 1),
             )
 
         def forward(self, x: Any) -> Any:
@@ -97,7 +99,9 @@ def input_width(kind: str, state: dict[str, Any], source: str) -> int:
 class Head:
     """One loaded head on a device, and the sha256 of the file it came from."""
 
-    def __init__(self, kind: str, weights: WeightsFile, embed_dim: int, device: str = "cpu") -> None:
+    def __init__(
+        self, kind: str, weights: WeightsFile, embed_dim: int, device: str = "cpu"
+    ) -> None:
         if kind not in BUILDERS:
             raise ValueError(f"unknown head {kind!r}; heads: {', '.join(BUILDERS)}")
         state = read_state_dict(weights.path, f"{kind} head")

@@ -5,12 +5,12 @@ its ``.idx`` (from the members as they are written: no second read) and its ``.p
 metadata rows, new ids, the old id in ``old_id_col``). Input members are found by record id through
 the input ``.idx`` (or one header scan of the tar) and read by range: a local tar is memory-mapped,
 an object-store tar is read in merged ranges. A marker JSON (sizes, sha256, counts) is written last
-per output shard; ``commit`` checks those markers.
+per output shard; ``commit`` checks those markers. Reading inputs lives in ``tarsource``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -21,10 +21,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from airflow_curator.core import storage
-from airflow_curator.core.errors import CuratorError, ShardError, TarFormatError, preview
+from airflow_curator.core.errors import CuratorError, ShardError, preview
 from airflow_curator.core.index import index_text
 from airflow_curator.core.merge import parquet_bytes
-from airflow_curator.core.naming import record_id, split_member
+from airflow_curator.core.naming import record_id
 from airflow_curator.core.plan import (
     InputShard,
     OutputShard,
@@ -37,140 +37,37 @@ from airflow_curator.core.plan import (
 )
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.shardspec import format_spec, parse_spec
-from airflow_curator.core.tarstream import TarScanner
+from airflow_curator.core.tarsource import (
+    IndexLocations,
+    Location,
+    TarSource,
+    index_matches,
+    scan_locations,
+)
 from airflow_curator.core.tarwriter import TarWriter
 
 logger = logging.getLogger(__name__)
 
-Location = list[tuple[str, int, int]]  # (ext, data offset, size), sorted by ext
 BATCH = 256  # records per ranged read from an object store
-MERGE_GAP = 1 << 20  # read through gaps smaller than this rather than issue another request
 
 
-class IndexLocations:
-    """Record id -> member locations from a DALI v1.2 index, each line parsed only when asked
-    (most records of a shard are usually filtered out)."""
+def rewrite_json(raw: bytes | memoryview, id_col: str, old: str, new: str, shard: str) -> bytes:
+    """The record's JSON with ``id_col`` set to the new id.
 
-    def __init__(self, text: str, shard: str, source: str) -> None:
-        self.shard, self.source = shard, source
-        lines = text.split("\n")
-        if not lines or not lines[0].startswith("v1.2"):
-            raise ShardError(shard, f"{source} is not a v1.2 DALI index")
-        self.lines: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            parts = line.split(" ", 4)
-            if len(parts) < 4:
-                raise ShardError(shard, f"{source}: malformed line {line[:120]!r}")
-            key = split_member(parts[3])[0]
-            rid = key[key.rfind("/") + 1 :]
-            if rid in self.lines:
-                raise ShardError(shard, f"{source}: record {rid} appears twice")
-            self.lines[rid] = line
-
-    def __contains__(self, rid: str) -> bool:
-        return rid in self.lines
-
-    def __getitem__(self, rid: str) -> Location:
-        tokens = self.lines[rid].split()
-        if len(tokens) % 4:
-            raise ShardError(self.shard, f"{self.source}: malformed line for record {rid}")
-        try:
-            return sorted(
-                (tokens[i], int(tokens[i + 1]), int(tokens[i + 2]))
-                for i in range(0, len(tokens), 4)
-            )
-        except ValueError:
-            raise ShardError(
-                self.shard, f"{self.source}: malformed line for record {rid}"
-            ) from None
-
-
-def scan_locations(tar_url: str, size: int, shard: str) -> dict[str, Location]:
-    """Record id -> member locations from one pass over the tar headers."""
-    out: dict[str, Location] = {}
-    last = None
-    with storage.open_read(tar_url) as f:
-        scanner = TarScanner(f, size, source=tar_url)
-        try:
-            for m, _ in scanner.members():
-                key, ext = split_member(m.name)
-                rid = key[key.rfind("/") + 1 :]
-                if not ext or not rid:
-                    continue
-                if rid in out and rid != last:
-                    raise ShardError(shard, f"record {rid}: members are not contiguous in the tar")
-                out.setdefault(rid, []).append((ext, m.data_offset, m.size))
-                last = rid
-        except TarFormatError as e:
-            raise ShardError(shard, str(e)) from None
-        finally:
-            scanner.close()
-    for locs in out.values():
-        locs.sort()
-    return out
-
-
-class TarSource:
-    """Byte ranges of one input tar: a memory map locally, merged range reads elsewhere."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.mm: Any = None
-        self.cache: list[tuple[int, bytes]] = []
-        if storage.is_local(url):
-            import mmap
-
-            with open(storage.local_path(url), "rb") as f:
-                if os.fstat(f.fileno()).st_size:
-                    self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self.view = memoryview(self.mm) if self.mm is not None else memoryview(b"")
-
-    def prefetch(self, spans: list[tuple[int, int]]) -> None:
-        """Fetch ``(offset, size)`` spans in few requests (no-op for a local file)."""
-        if self.mm is not None or not spans:
-            return
-        spans = sorted(spans)
-        merged: list[list[int]] = []
-        for off, size in spans:
-            if merged and off - merged[-1][1] <= MERGE_GAP:
-                merged[-1][1] = max(merged[-1][1], off + size)
-            else:
-                merged.append([off, off + size])
-        fs, path = storage.fs_and_path(self.url)
-        blobs = fs.cat_ranges([path] * len(merged), [m[0] for m in merged], [m[1] for m in merged])
-        self.cache = [(m[0], b) for m, b in zip(merged, blobs, strict=True)]
-
-    def get(self, off: int, size: int) -> bytes | memoryview:
-        if self.mm is not None:
-            if off + size > len(self.view):
-                raise CuratorError(f"{self.url}: member at {off}+{size} is past the end of file")
-            return self.view[off : off + size]
-        for start, blob in self.cache:
-            if start <= off and off + size <= start + len(blob):
-                return memoryview(blob)[off - start : off - start + size]
-        fs, path = storage.fs_and_path(self.url)
-        return fs.cat_file(path, start=off, end=off + size)
-
-    def close(self) -> None:
-        """Unmap now unless slices are still referenced (then when they are collected)."""
-        mm, self.mm = self.mm, None
-        if mm is not None:
-            self.view = memoryview(b"")
-            with contextlib.suppress(BufferError):
-                mm.close()
-
-
-def rewrite_json(raw: bytes | memoryview, id_col: str, new_id: str, shard: str, old: str) -> bytes:
-    """The record's JSON with ``id_col`` set to the new id; other fields as they were."""
+    Fast path: when ``"<id_col>": "<old id>"`` occurs exactly once it is replaced in place, so the
+    rest of the JSON keeps its exact bytes; otherwise the JSON is parsed and dumped again.
+    """
+    raw = bytes(raw)
+    needle = f'"{id_col}": "{old}"'.encode()
+    if raw.count(needle) == 1 and raw.lstrip().startswith(b"{"):
+        return raw.replace(needle, f'"{id_col}": "{new}"'.encode())
     try:
-        meta = json.loads(bytes(raw))
+        meta = json.loads(raw)
     except ValueError as e:
         raise ShardError(shard, f"record {old}: .json is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ShardError(shard, f"record {old}: .json is not an object")
-    meta[id_col] = new_id
+    meta[id_col] = new
     return json.dumps(meta, ensure_ascii=False).encode()
 
 
@@ -205,18 +102,23 @@ class InputCache:
                 f"{inp.metadata} changed after planning ({len(rows)} kept now, {inp.kept} "
                 f"planned): run plan-reshard again",
             )
+        source = TarSource(inp.tar)
+        if source.mm is not None and len(source.mm) != inp.tar_bytes:
+            raise ShardError(inp.stem, f"{inp.tar} changed after planning: run plan-reshard again")
+        locations: Any = None
         if inp.idx:
             text = storage.read_bytes(inp.idx).decode("utf-8", "surrogateescape")
-            locations: Any = IndexLocations(text, inp.stem, inp.idx)
-        else:
+            locations = IndexLocations(text, inp.stem, inp.idx)
+            if not index_matches(source, locations, [ids[r] for r in rows]):
+                logger.warning(
+                    "shard %s: %s does not match the tar (stale?); scanning the tar instead",
+                    inp.stem,
+                    inp.idx,
+                )
+                locations = None
+        if locations is None:
             locations = scan_locations(inp.tar, inp.tar_bytes, inp.stem)
-        return {
-            "table": table,
-            "ids": ids,
-            "rows": rows,
-            "locations": locations,
-            "source": TarSource(inp.tar),
-        }
+        return {"table": table, "ids": ids, "rows": rows, "locations": locations, "source": source}
 
     def close(self) -> None:
         for entry in self.loaded.values():
@@ -224,23 +126,23 @@ class InputCache:
         self.loaded.clear()
 
 
-def _records(cache: InputCache, out: OutputShard) -> Iterator[tuple[Any, str, Location, TarSource]]:
-    """(input entry, old id, locations, source) for each record of ``out`` in output order."""
+def _records(cache: InputCache, out: OutputShard) -> Iterator[tuple[str, Location, TarSource]]:
+    """(old id, member locations, byte source) for each record of ``out`` in output order."""
     for stem, first, end in out.pieces:
         entry = cache.get(stem)
-        old_ids = [entry["ids"][r] for r in entry["rows"][first:end]]
-        missing = [i for i in old_ids if i not in entry["locations"]]
+        ids, locations, source = entry["ids"], entry["locations"], entry["source"]
+        old_ids = [ids[r] for r in entry["rows"][first:end]]
+        missing = [i for i in old_ids if i not in locations]
         if missing:
             raise ShardError(
                 stem, f"{len(missing)} kept records are not in the tar: {preview(missing)}"
             )
         for start in range(0, len(old_ids), BATCH):
-            batch = old_ids[start : start + BATCH]
-            entry["source"].prefetch(
-                [(off, size) for i in batch for _, off, size in entry["locations"][i]]
-            )
-            for old in batch:
-                yield entry, old, entry["locations"][old], entry["source"]
+            batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
+            if source.mm is None:
+                source.prefetch([(off, size) for _, locs in batch for _, off, size in locs])
+            for old, locs in batch:
+                yield old, locs, source
 
 
 def _metadata_table(cache: InputCache, out: OutputShard, new_ids: list[str], old: list[str]) -> Any:
@@ -274,20 +176,24 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     """Write one output shard (tar, idx, parquet, then its marker); return the marker."""
     import hashlib
 
+    t0 = time.perf_counter()
     plan = cache.plan
     base = storage.join(plan.output, out.name)
     sps, digits = plan.samples_per_shard, plan.max_shards
     new_ids: list[str] = []
     old_ids: list[str] = []
+    id_col = plan.id_col
     with storage.atomic_writer(base + ".tar", fsync=False) as f:
         writer = TarWriter(f)
-        for _entry, old, locs, source in _records(cache, out):
+        for old, locs, source in _records(cache, out):
             new = record_id(out.index, len(new_ids), sps, digits)
+            items = []
             for ext, off, size in locs:
                 data = source.get(off, size)
                 if ext == "json":
-                    data = rewrite_json(data, plan.id_col, new, out.name, old)
-                writer.add(f"{new}.{ext}", data)
+                    data = rewrite_json(data, id_col, old, new, out.name)
+                items.append((f"{new}.{ext}", data))
+            writer.add_record(items)
             new_ids.append(new)
             old_ids.append(old)
         writer.close()
@@ -306,6 +212,15 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     marker = {"plan": plan.digest, "shard": out.name, "records": out.records, "files": files}
     storage.write_bytes(
         marker_url(plan.output, out.name), json.dumps(marker, sort_keys=True).encode(), fsync=False
+    )
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "wrote shard %s: %d records, %.1f MB in %.2fs (%.0f MB/s)",
+        out.name,
+        out.records,
+        writer.pos / 1e6,
+        seconds,
+        writer.pos / 1e6 / max(seconds, 1e-9),
     )
     return marker
 
@@ -341,6 +256,9 @@ def reshard(plan_url: str, outputs: str | None = None, *, workers: int = 0) -> d
         results: Any = map(_write_many, tasks)
         pool = None
     elif local:
+        for name in ("pyarrow.parquet", "pyarrow.compute"):  # once here, not in every worker
+            importlib.import_module(name)
+
         pool = ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("fork"))
         results = pool.map(_write_many, tasks)
     else:

@@ -10,7 +10,11 @@ per member, which is most of the time of a reshard of small files.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import queue
+import threading
 import zlib
 from typing import IO
 
@@ -20,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 ZEROS = bytes(BLOCK)
 END_OF_ARCHIVE = bytes(2 * BLOCK)
+IOV_MAX = 1024
 MAX_OCTAL_SIZE = 8**11 - 1  # what 11 octal digits hold; larger sizes use GNU base-256
 
 
@@ -77,40 +82,93 @@ def header(name: str, size: int) -> bytes:
 
 
 class TarWriter:
-    """Appends members to a binary file; keeps the members (for the ``.idx``) and a sha256."""
+    """Appends members to a binary file; keeps the members (for the ``.idx``) and a sha256.
+
+    A record's headers, data and padding go out in one ``writev`` straight from the caller's
+    buffers (memory-mapped input), so member bytes are never copied in Python.
+    """
 
     def __init__(self, f: IO[bytes], *, checksum: bool = True) -> None:
         self.f = f
         self.pos = 0
         self.members: list[Member] = []
         self.sha = hashlib.sha256() if checksum else None
+        self._hashing: queue.Queue[list[bytes | memoryview] | None] | None = None
+        self._hasher: threading.Thread | None = None
+        if checksum:  # sha256 releases the GIL: hash in a thread while this one writes
+            self._hashing = queue.Queue(maxsize=4096)
+            self._hasher = threading.Thread(target=self._hash_loop, daemon=True)
+            self._hasher.start()
+        self.fd: int | None = None
+        try:
+            fd = f.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            fd = None
+        if fd is not None and hasattr(os, "writev"):
+            f.flush()  # from here on everything goes through the descriptor
+            self.fd = fd
 
-    def _write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        if self.sha is not None:
-            self.sha.update(data)
-        self.pos += len(data)
+    def add_record(self, items: list[tuple[str, bytes | memoryview]]) -> None:
+        """Write members (a record's, in the given order) with one system call."""
+        bufs: list[bytes | memoryview] = []
+        pos = self.pos
+        for name, data in items:
+            size = len(data)
+            head = header(name, size)
+            self.members.append(Member(name, pos, pos + len(head), size))
+            pad = -size % BLOCK
+            bufs.append(head)
+            bufs.append(data)
+            if pad:
+                bufs.append(ZEROS[:pad])
+            pos += len(head) + size + pad
+        self._write(bufs, pos - self.pos)
+        self.pos = pos
 
     def add(self, name: str, data: bytes | memoryview) -> Member:
         """Write one member; ``data`` is copied as is."""
-        size = len(data)
-        head = header(name, size)
-        member = Member(name, self.pos, self.pos + len(head), size)
-        pad = -size % BLOCK
-        if size < 1 << 16:  # one write for small members
-            self._write(b"".join((head, data, ZEROS[:pad])))
-        else:
-            self._write(head)
-            self._write(data)
-            if pad:
-                self._write(ZEROS[:pad])
-        self.members.append(member)
-        return member
+        self.add_record([(name, data)])
+        return self.members[-1]
+
+    def _write(self, bufs: list[bytes | memoryview], total: int) -> None:
+        if self._hashing is not None:
+            self._hashing.put(bufs)
+        if self.fd is None:
+            for b in bufs:
+                self.f.write(b)
+            return
+        for i in range(0, len(bufs), IOV_MAX):
+            chunk = bufs[i : i + IOV_MAX]
+            want = total if len(bufs) <= IOV_MAX else sum(len(b) for b in chunk)
+            done = os.writev(self.fd, chunk)
+            if done < want:  # short write (rare on files): finish it plainly
+                rest = memoryview(b"".join(chunk))[done:]
+                while rest:
+                    rest = rest[os.write(self.fd, rest) :]
+
+    def _hash_loop(self) -> None:
+        assert self._hashing is not None and self.sha is not None
+        update = self.sha.update
+        while (bufs := self._hashing.get()) is not None:
+            for b in bufs:
+                update(b)
+
+    def _stop_hashing(self) -> None:
+        if self._hasher is not None and self._hashing is not None:
+            self._hashing.put(None)
+            self._hasher.join()
+            self._hasher = None
 
     def close(self) -> None:
-        """End-of-archive marker (two zero blocks)."""
-        self._write(END_OF_ARCHIVE)
+        """End-of-archive marker (two zero blocks); waits for the checksum."""
+        self._write([END_OF_ARCHIVE], len(END_OF_ARCHIVE))
+        self.pos += len(END_OF_ARCHIVE)
+        self._stop_hashing()
+
+    def __del__(self) -> None:
+        self._stop_hashing()  # an error mid-write must not leave the thread waiting
 
     @property
     def sha256(self) -> str | None:
+        self._stop_hashing()
         return self.sha.hexdigest() if self.sha is not None else None

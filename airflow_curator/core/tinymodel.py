@@ -21,10 +21,19 @@ def tiny_config(embed_dim: int = 768, image_size: int = 32, width: int = 32) -> 
     return {
         "embed_dim": embed_dim,
         "vision_cfg": {
-            "image_size": image_size, "layers": 1, "width": width, "head_width": 16,
+            "image_size": image_size,
+            "layers": 1,
+            "width": width,
+            "head_width": 16,
             "patch_size": max(4, image_size // 4),
         },
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": width, "heads": 2, "layers": 1},
+        "text_cfg": {
+            "context_length": 32,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": 2,
+            "layers": 1,
+        },
     }
 
 

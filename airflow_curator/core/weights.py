@@ -26,16 +26,22 @@ HUB_PREFIX = "hf-hub:"
 # OpenAI publishes each CLIP checkpoint under its own sha256 (the URL path segment; the `clip`
 # package verifies it the same way). The aesthetic predictor's md5 is the one EasyAnimate
 # publishes for its mirror of the LAION file; no sha256 is published for it.
-PINNED: dict[str, str] = {
-    "https://openaipublic.azureedge.net/clip/models/"
-    "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt":
-    "sha256:b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
-    "https://openaipublic.azureedge.net/clip/models/"
-    "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt":
-    "sha256:40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
-    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
-    "sac+logos+ava1-l14-linearMSE.pth": "md5:b1047fd767a00134b8fd6529bf19521a",
+OPENAI_SHA256 = {
+    "ViT-L-14.pt": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+    "ViT-B-32.pt": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
 }
+AESTHETIC_URL = (
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+    "sac+logos+ava1-l14-linearMSE.pth"
+)
+
+
+def openai_url(name: str) -> str:
+    return f"https://openaipublic.azureedge.net/clip/models/{OPENAI_SHA256[name]}/{name}"
+
+
+PINNED: dict[str, str] = {openai_url(n): f"sha256:{s}" for n, s in OPENAI_SHA256.items()}
+PINNED[AESTHETIC_URL] = "md5:b1047fd767a00134b8fd6529bf19521a"
 # The same files copied elsewhere (a bucket, a local cache) keep their distinctive names.
 PINNED_NAMES: dict[str, str] = {posixpath.basename(u): d for u, d in PINNED.items()}
 
@@ -70,7 +76,9 @@ def expected_digest(uri: str, sha256: str | None = None) -> str | None:
 
 def cache_dir() -> str:
     root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "airflow-curator", "weights"
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "airflow-curator",
+        "weights",
     )
     os.makedirs(root, exist_ok=True)
     return root
@@ -128,7 +136,9 @@ def resolve(uri: str, sha256: str | None = None) -> WeightsFile:
             )
         logger.info("weights %s: %s verified", uri, algorithm)
     else:
-        logger.warning("weights %s are not pinned (sha256 %s): pass a sha256 to pin them", uri, actual)
+        logger.warning(
+            "weights %s are not pinned (sha256 %s): pass a sha256 to pin them", uri, actual
+        )
     return WeightsFile(uri, path, actual)
 
 

@@ -39,7 +39,9 @@ XCOM_RESULT = f"{PodDefaults.XCOM_MOUNT_PATH}/return.json"
 GPU_RESOURCE = "nvidia.com/gpu"
 STEP_LABEL = "airflow-curator/step"
 GROUP_KEYS = ("shards", "outputs")
-MAP_INDEX_TEMPLATE = "{{ (task.shard_group or {}).get('label', '') }}"
+RESULT_KEY = "result"
+# text around the label: a DAG rendering templates as native objects would turn "00000" into 0
+MAP_INDEX_TEMPLATE = "shards {{ (task.shard_group or {}).get('label', '') }}"
 
 
 def default_execution() -> str:
@@ -51,7 +53,7 @@ def default_image() -> str:
     return conf.get("curator", "image", fallback=DEFAULT_IMAGE) or DEFAULT_IMAGE
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def step_actions(step: str) -> dict[str, argparse.Action]:
     """Option dest -> argparse action of a step (what the step accepts)."""
     return {a.dest: a for a in step_parser(step)._actions if a.option_strings}
@@ -65,7 +67,7 @@ class CuratorOperator(KubernetesPodOperator):
     :param options: further step options by CLI name (``batch_size`` or ``batch-size``),
         templated; they override what the layout derives from ``dataset``/``output``.
     :param shard_group: one discovery group (``{"shards": "0-3", "label": ...}``) to work on,
-        usually given through ``.expand(shard_group=discover.output["groups"])``.
+        usually given through ``.expand(shard_group=discover.output)``.
     :param execution: ``local`` or ``kubernetes``; empty: ``[curator] execution``.
     :param gcp_conn_id: local mode: an Airflow Google Cloud connection whose key file the step
         uses for ``gs://`` (default: the worker's default credentials). Pods use their service
@@ -74,6 +76,9 @@ class CuratorOperator(KubernetesPodOperator):
     """
 
     step: ClassVar[str] = ""
+    # When set, the task returns this list from the result (for ``.expand``) and pushes the
+    # whole result under the XCom key ``result``.
+    returns: ClassVar[str | None] = None
     gpus_default: ClassVar[int] = 0
     startup_timeout_default: ClassVar[int] = 600
     schedule_timeout_default: ClassVar[int] = 900
@@ -229,10 +234,8 @@ class CuratorOperator(KubernetesPodOperator):
             context["map_index_template"] = MAP_INDEX_TEMPLATE
         mode = self.execution_mode()
         self.log.info("airflow-curator %s (%s): %s", self.step, mode, json.dumps(self.argv()))
-        if mode == "local":
-            result = self.execute_local(context)
-        else:
-            result = super().execute(context)  # defers when deferrable; see trigger_reentry
+        # kubernetes: defers when deferrable, and the result then comes via trigger_reentry
+        result = self.execute_local(context) if mode == "local" else super().execute(context)
         return self.finish(context, result)
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
@@ -269,6 +272,9 @@ class CuratorOperator(KubernetesPodOperator):
             for outlet in self.outlets or []:
                 if isinstance(outlet, Asset):
                     events[outlet].extra = self.asset_extra(result)
+        if self.returns:  # Airflow maps only over return values: return the list, keep the rest
+            context["ti"].xcom_push(key=RESULT_KEY, value=result)
+            return result.get(self.returns, [])
         return result
 
     def asset_extra(self, result: dict[str, Any]) -> dict[str, Any]:

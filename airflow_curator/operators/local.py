@@ -8,6 +8,7 @@ reason on failure becomes the task's error message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -93,10 +94,8 @@ class LocalRunner:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             self.log.info("Stopping step process group %s", proc.pid)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def _reason(tail: Sequence[str]) -> str:

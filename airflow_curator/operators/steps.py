@@ -13,14 +13,11 @@ from airflow_curator.operators.base import CuratorOperator
 
 
 class ShardDiscoveryOperator(CuratorOperator):
-    """List and pair the dataset's shards; returns groups to ``expand`` over.
-
-    ``multiple_outputs`` is on, so ``discover.output["groups"]`` is the list of groups."""
+    """List and pair the dataset's shards, write the manifest; returns the shard groups to
+    ``expand`` over (``shard_group=discover.output``); the full result is XCom ``result``."""
 
     step = "discover"
-
-    def __init__(self, *, multiple_outputs: bool = True, **kwargs: Any) -> None:
-        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+    returns = "groups"
 
     def layout_options(self) -> dict[str, Any]:
         return {
@@ -69,12 +66,11 @@ class SaveMetadataOperator(CuratorOperator):
 
 
 class PlanReshardOperator(CuratorOperator):
-    """Assign kept records to output shards; ``plan.output["groups"]`` are the output groups."""
+    """Assign kept records to output shards; returns the output groups to ``expand`` the
+    reshard over; the full result (counts, plan URI) is XCom ``result``."""
 
     step = "plan-reshard"
-
-    def __init__(self, *, multiple_outputs: bool = True, **kwargs: Any) -> None:
-        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+    returns = "groups"
 
     def layout_options(self) -> dict[str, Any]:
         return {

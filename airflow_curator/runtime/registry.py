@@ -17,6 +17,11 @@ STEPS: dict[str, str] = {
     "commit": "commit",
     "annotate": "annotate",
     "report": "report",
+    "dedup-fit": "dedup_fit",
+    "dedup-assign": "dedup_assign",
+    "dedup-hash": "dedup_hash",
+    "dedup": "dedup",
+    "dedup-result": "dedup_result",
 }
 
 

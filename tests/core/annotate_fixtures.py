@@ -11,8 +11,16 @@ from airflow_curator.core.sample import WORDS, add_member, make_jpeg
 
 # how each record's image is made: (member extension, kind)
 LAYOUT = [
-    ("jpg", "ok"), ("png", "ok"), ("webp", "ok"), ("jpeg", "ok"), ("jpg", "truncated"),
-    ("jpg", "ok"), (None, "missing"), ("jpg", "garbled"), ("jpg", "ok"), ("jpg", "ok"),
+    ("jpg", "ok"),
+    ("png", "ok"),
+    ("webp", "ok"),
+    ("jpeg", "ok"),
+    ("jpg", "truncated"),
+    ("jpg", "ok"),
+    (None, "missing"),
+    ("jpg", "garbled"),
+    ("jpg", "ok"),
+    ("jpg", "ok"),
 ]
 FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 

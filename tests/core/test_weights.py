@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_url_is_fetched_once_into_the_cache(tmp_path, monkeypatch):
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/models/head.pth", b"abc")
     got = resolve("memory://bucket/models/head.pth", hashlib.sha256(b"abc").hexdigest())
-    assert open(got.path, "rb").read() == b"abc"
+    assert Path(got.path).read_bytes() == b"abc"
     fs.pipe("/bucket/models/head.pth", b"changed")  # cached copy is reused, and checked
     assert resolve("memory://bucket/models/head.pth").path == got.path
     with pytest.raises(WeightsError, match="no such file"):
@@ -41,7 +42,9 @@ def test_url_is_fetched_once_into_the_cache(tmp_path, monkeypatch):
 def test_default_file_names_are_pinned_wherever_they_are(tmp_path):
     fake = tmp_path / "ViT-L-14.pt"  # OpenAI's file name, not OpenAI's bytes
     fake.write_bytes(b"not the checkpoint")
-    with pytest.raises(WeightsError, match="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"):
+    with pytest.raises(
+        WeightsError, match="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
+    ):
         resolve(str(fake))
     aesthetic = tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
     aesthetic.write_bytes(b"x")
@@ -79,9 +82,14 @@ def test_aesthetic_head_loads_the_published_layout(tmp_path):
 
     torch.manual_seed(0)
     published = torch.nn.Sequential(
-        torch.nn.Linear(768, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128),
-        torch.nn.Dropout(0.2), torch.nn.Linear(128, 64), torch.nn.Dropout(0.1),
-        torch.nn.Linear(64, 16), torch.nn.Linear(16, 1),
+        torch.nn.Linear(768, 1024),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(1024, 128),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(128, 64),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(64, 16),
+        torch.nn.Linear(16, 1),
     ).eval()
     path = tmp_path / "aesthetic.pth"
     torch.save({f"layers.{k}": v for k, v in published.state_dict().items()}, path)
@@ -92,5 +100,5 @@ def test_aesthetic_head_loads_the_published_layout(tmp_path):
         Head("aesthetic", resolve(str(path)), 512)
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.weight": torch.zeros(1, 768)}, wrong)
-    with pytest.raises(Exception, match="layers.0.weight"):
+    with pytest.raises(Exception, match=r"layers\.0\.weight"):
         Head("aesthetic", resolve(str(wrong)), 768)

@@ -23,10 +23,16 @@ def tiny(tmp_path_factory):
 
 def options(tiny, dataset, out, **extra):
     return {
-        "dataset": str(dataset), "output": str(out), "model": tiny["model"],
-        "weights": tiny["weights"], "weights-sha256": tiny["sha256"][tiny["weights"]],
-        "aesthetic-weights": tiny["aesthetic_weights"], "nsfw-weights": tiny["nsfw_weights"],
-        "device": "cpu", "batch-size": 4, **extra,
+        "dataset": str(dataset),
+        "output": str(out),
+        "model": tiny["model"],
+        "weights": tiny["weights"],
+        "weights-sha256": tiny["sha256"][tiny["weights"]],
+        "aesthetic-weights": tiny["aesthetic_weights"],
+        "nsfw-weights": tiny["nsfw_weights"],
+        "device": "cpu",
+        "batch-size": 4,
+        **extra,
     }
 
 
@@ -45,7 +51,13 @@ def test_annotate_two_shards_then_rerun(tmp_path, tiny):
     assert all(s["images_per_s"] > 0 and len(s["errors"]) == 3 for s in r["per_shard"])
     table = pq.read_table(out / "_work" / "annotations" / "00001.parquet")
     assert table.column_names == [
-        "key", "image_embedding", "text_embedding", "clip_score", "aesthetic_score", "nsfw_score", "error"
+        "key",
+        "image_embedding",
+        "text_embedding",
+        "clip_score",
+        "aesthetic_score",
+        "nsfw_score",
+        "error",
     ]
     assert str(table.schema.field("image_embedding").type) == "fixed_size_list<element: float>[768]"
     assert main(argv) == 0
@@ -56,7 +68,8 @@ def test_wrong_checksum_exits_1_with_one_line(tmp_path, tiny, capsys):
     dataset = tmp_path / "dataset"
     write_awkward_shard(dataset, 0)
     argv = build_argv(
-        "annotate", options(tiny, dataset, tmp_path / "out", **{"weights-sha256": "ab" * 32}),
+        "annotate",
+        options(tiny, dataset, tmp_path / "out", **{"weights-sha256": "ab" * 32}),
         str(tmp_path / "r.json"),
     )
     assert main(argv) == 1

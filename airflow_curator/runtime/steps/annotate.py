@@ -1,4 +1,4 @@
-"""``airflow-curator annotate``: CLIP embeddings, CLIP score, aesthetic and NSFW scores per shard."""
+"""``airflow-curator annotate``: CLIP embeddings, CLIP score, aesthetic and NSFW scores."""
 
 from __future__ import annotations
 
@@ -15,20 +15,31 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder URI")
-    p.add_argument("--output", required=True, help="job output URI (annotations go to OUTPUT/_work)")
+    p.add_argument(
+        "--output", required=True, help="job output URI (annotations go to OUTPUT/_work)"
+    )
     p.add_argument("--shards", help="only these shard numbers, e.g. 0-3 (default: all)")
-    p.add_argument("--model", required=True,
-                   help="open_clip architecture (ViT-L-14) or an open_clip model-config .json")
-    p.add_argument("--weights",
-                   help="CLIP weights: path, fsspec URL or hf-hub:ORG/REPO[/FILE]; default: the "
-                   "architecture's pinned checkpoint; 'random' for benchmarks")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="open_clip architecture (ViT-L-14) or an open_clip model-config .json",
+    )
+    p.add_argument(
+        "--weights",
+        help="CLIP weights: path, fsspec URL or hf-hub:ORG/REPO[/FILE]; default: the "
+        "architecture's pinned checkpoint; 'random' for benchmarks",
+    )
     p.add_argument("--weights-sha256", help="pin --weights to this sha256")
-    p.add_argument("--aesthetic-weights",
-                   help="LAION improved aesthetic predictor state dict (URI), or 'none'; default: "
-                   "the pinned LAION file")
+    p.add_argument(
+        "--aesthetic-weights",
+        help="LAION improved aesthetic predictor state dict (URI), or 'none'; default: "
+        "the pinned LAION file",
+    )
     p.add_argument("--aesthetic-sha256", help="pin --aesthetic-weights to this sha256")
-    p.add_argument("--nsfw-weights",
-                   help="LAION CLIP-based NSFW detector as a PyTorch state dict (URI), or 'none'")
+    p.add_argument(
+        "--nsfw-weights",
+        help="LAION CLIP-based NSFW detector as a PyTorch state dict (URI), or 'none'",
+    )
     p.add_argument("--nsfw-sha256", help="pin --nsfw-weights to this sha256")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=64, help="images per model batch")
@@ -40,9 +51,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     options = Options(
-        model=args.model, weights=args.weights, weights_sha256=args.weights_sha256,
-        aesthetic_weights=args.aesthetic_weights, aesthetic_sha256=args.aesthetic_sha256,
-        nsfw_weights=args.nsfw_weights, nsfw_sha256=args.nsfw_sha256, device=args.device,
-        batch_size=args.batch_size, id_col=args.id_col, force=args.force,
+        model=args.model,
+        weights=args.weights,
+        weights_sha256=args.weights_sha256,
+        aesthetic_weights=args.aesthetic_weights,
+        aesthetic_sha256=args.aesthetic_sha256,
+        nsfw_weights=args.nsfw_weights,
+        nsfw_sha256=args.nsfw_sha256,
+        device=args.device,
+        batch_size=args.batch_size,
+        id_col=args.id_col,
+        force=args.force,
     )
     return annotate_dataset(args.dataset, args.output, args.shards, options)

@@ -1,0 +1,161 @@
+"""Kept input records by id: member locations (input ``.idx`` or a header scan) and byte ranges.
+
+A local tar is memory-mapped, so members are handed to the writer without a copy; an object-store
+tar is read in merged ranges, a batch of records at a time. An input index is checked cheaply
+against a local tar before use and replaced by a scan when it is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from airflow_curator.core import storage
+from airflow_curator.core.errors import CuratorError, ShardError, TarFormatError
+from airflow_curator.core.naming import split_member
+from airflow_curator.core.tarstream import BLOCK, TarScanner, _checksum_ok, _octal
+
+logger = logging.getLogger(__name__)
+
+Location = list[tuple[str, int, int]]  # (ext, data offset, size), sorted by ext
+MERGE_GAP = 1 << 20  # read through gaps smaller than this rather than issue another request
+
+
+class IndexLocations:
+    """Record id -> member locations from a DALI v1.2 index, each line parsed only when asked
+    (most records of a shard are usually filtered out)."""
+
+    def __init__(self, text: str, shard: str, source: str) -> None:
+        self.shard, self.source = shard, source
+        lines = text.split("\n")
+        if not lines or not lines[0].startswith("v1.2"):
+            raise ShardError(shard, f"{source} is not a v1.2 DALI index")
+        self.lines: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            parts = line.split(" ", 4)
+            if len(parts) < 4:
+                raise ShardError(shard, f"{source}: malformed line {line[:120]!r}")
+            key = split_member(parts[3])[0]
+            rid = key[key.rfind("/") + 1 :]
+            if rid in self.lines:
+                raise ShardError(shard, f"{source}: record {rid} appears twice")
+            self.lines[rid] = line
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self.lines
+
+    def __getitem__(self, rid: str) -> Location:
+        tokens = self.lines[rid].split()
+        if len(tokens) % 4:
+            raise ShardError(self.shard, f"{self.source}: malformed line for record {rid}")
+        try:
+            return sorted(
+                (tokens[i], int(tokens[i + 1]), int(tokens[i + 2]))
+                for i in range(0, len(tokens), 4)
+            )
+        except ValueError:
+            raise ShardError(
+                self.shard, f"{self.source}: malformed line for record {rid}"
+            ) from None
+
+
+def scan_locations(tar_url: str, size: int, shard: str) -> dict[str, Location]:
+    """Record id -> member locations from one pass over the tar headers."""
+    out: dict[str, Location] = {}
+    last = None
+    with storage.open_read(tar_url) as f:
+        scanner = TarScanner(f, size, source=tar_url)
+        try:
+            for m, _ in scanner.members():
+                key, ext = split_member(m.name)
+                rid = key[key.rfind("/") + 1 :]
+                if not ext or not rid:
+                    continue
+                if rid in out and rid != last:
+                    raise ShardError(shard, f"record {rid}: members are not contiguous in the tar")
+                out.setdefault(rid, []).append((ext, m.data_offset, m.size))
+                last = rid
+        except TarFormatError as e:
+            raise ShardError(shard, str(e)) from None
+        finally:
+            scanner.close()
+    for locs in out.values():
+        locs.sort()
+    return out
+
+
+def index_matches(source: TarSource, locations: IndexLocations, kept: list[str]) -> bool:
+    """Cheap check of an input index against a local tar: the block before each kept record's
+    first member must be a valid tar header of that member's size. Remote tars are trusted
+    when discovery found the index fresh."""
+    if source.mm is None:
+        return True
+    mm = source.mm
+    for rid in kept:
+        if rid not in locations:
+            continue  # reported as missing by the writer
+        _, off, size = locations[rid][0]
+        if off < BLOCK or off + size > len(mm):
+            return False
+        head = mm[off - BLOCK : off]
+        if not _checksum_ok(head, off - BLOCK):
+            return False
+        with contextlib.suppress(TarFormatError):
+            if _octal(head[124:136], "size", off) in (size, 0):  # 0: size in a PAX header
+                continue
+        return False
+    return True
+
+
+class TarSource:
+    """Byte ranges of one input tar: a memory map locally, merged range reads elsewhere."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.mm: Any = None
+        self.cache: list[tuple[int, bytes]] = []
+        if storage.is_local(url):
+            import mmap
+
+            with open(storage.local_path(url), "rb") as f:
+                if os.fstat(f.fileno()).st_size:
+                    self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.view = memoryview(self.mm) if self.mm is not None else memoryview(b"")
+
+    def prefetch(self, spans: list[tuple[int, int]]) -> None:
+        """Fetch ``(offset, size)`` spans in few requests (no-op for a local file)."""
+        if self.mm is not None or not spans:
+            return
+        spans = sorted(spans)
+        merged: list[list[int]] = []
+        for off, size in spans:
+            if merged and off - merged[-1][1] <= MERGE_GAP:
+                merged[-1][1] = max(merged[-1][1], off + size)
+            else:
+                merged.append([off, off + size])
+        fs, path = storage.fs_and_path(self.url)
+        blobs = fs.cat_ranges([path] * len(merged), [m[0] for m in merged], [m[1] for m in merged])
+        self.cache = [(m[0], b) for m, b in zip(merged, blobs, strict=True)]
+
+    def get(self, off: int, size: int) -> bytes | memoryview:
+        if self.mm is not None:
+            if off + size > len(self.view):
+                raise CuratorError(f"{self.url}: member at {off}+{size} is past the end of file")
+            return self.view[off : off + size]
+        for start, blob in self.cache:
+            if start <= off and off + size <= start + len(blob):
+                return memoryview(blob)[off - start : off - start + size]
+        fs, path = storage.fs_and_path(self.url)
+        return fs.cat_file(path, start=off, end=off + size)
+
+    def close(self) -> None:
+        """Unmap now unless slices are still referenced (then when they are collected)."""
+        mm, self.mm = self.mm, None
+        if mm is not None:
+            self.view = memoryview(b"")
+            with contextlib.suppress(BufferError):
+                mm.close()

@@ -1,0 +1,38 @@
+"""``airflow-curator dedup``: near-duplicates within clusters (and exact ones), per group."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = (
+    "Mark near-duplicate images within each cluster of the selected cluster groups (cosine "
+    "similarity above 1 - eps to a higher-ranked record: highest aesthetic score, then lowest "
+    "id), and exact duplicates whose hash falls in them; writes OUTPUT/_work/dedup/dups/."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output", required=True, help="job output URI (dedup files go to OUTPUT/_work)"
+    )
+    p.add_argument(
+        "--clusters",
+        help="cluster ids, whole groups as dedup-fit returned them, e.g. 0-62 (default: all)",
+    )
+    p.add_argument("--eps", type=float, default=0.01, help="duplicates: similarity > 1 - eps")
+    p.add_argument("--block", type=int, default=2048, help="rows per similarity block")
+    p.add_argument(
+        "--exact", choices=("auto", "on", "off"), default="auto",
+        help="exact duplicates from dedup-hash: auto when its files exist",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_curator.core.semdedup import dedup_clusters
+
+    return dedup_clusters(
+        args.output, args.clusters, eps=args.eps, block=args.block, exact=args.exact,
+        device=args.device,
+    )  # fmt: skip

@@ -1,0 +1,30 @@
+"""``airflow-curator dedup-result``: the per-shard ``is_unique`` column, per input shard group."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = (
+    "Write OUTPUT/_work/dedup/result/NNNNN.parquet per shard (id, is_unique, duplicate_of), an "
+    "annotations folder save-metadata can merge; needs dedup done for every cluster group."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output", required=True, help="job output URI (dedup files go to OUTPUT/_work)"
+    )
+    p.add_argument("--shards", help="only these shard numbers, e.g. 0-3 (default: all)")
+    p.add_argument("--annotations", help="annotations folder (default: OUTPUT/_work/annotations)")
+    p.add_argument("--id-col", default="key", help="record id column of the annotations")
+    p.add_argument("--column", default="is_unique", help="name of the boolean result column")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_curator.core.dedupresult import write_results
+
+    return write_results(
+        args.output, args.shards, annotations=args.annotations, id_col=args.id_col,
+        column=args.column,
+    )  # fmt: skip

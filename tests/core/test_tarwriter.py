@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from airflow_curator.core.index import build_index, index_text
+from airflow_curator.core.tarstream import TarScanner
+from airflow_curator.core.tarwriter import TarWriter, header
+
+MEMBERS = [
+    ("000000000.jpg", b""),
+    ("000000000.txt", b"x" * 511),
+    ("000000001.jpg", b"y" * 512),
+    ("000000001.txt", b"z" * 513),
+    ("d/" + "n" * 120 + ".json", b'{"key": "1"}'),  # GNU long name
+    ("big.bin", bytes(range(256)) * 300),  # > 64 KiB path: written in pieces
+]
+
+
+def write(members, checksum=True) -> tuple[bytes, TarWriter]:
+    buf = io.BytesIO()
+    w = TarWriter(buf, checksum=checksum)
+    for name, data in members:
+        w.add(name, memoryview(data))
+    w.close()
+    return buf.getvalue(), w
+
+
+def test_tarfile_reads_every_member_with_fixed_attributes():
+    data, _ = write(MEMBERS)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        infos = tar.getmembers()
+        assert [i.name for i in infos] == [n for n, _ in MEMBERS]
+        for info, (_, payload) in zip(infos, MEMBERS, strict=True):
+            assert tar.extractfile(info).read() == payload
+            assert (info.mtime, info.uid, info.gid, info.mode) == (0, 0, 0, 0o644)
+            assert (info.uname, info.gname) == ("", "")
+
+
+def test_members_offsets_match_the_scanner_and_hash_matches():
+    import hashlib
+
+    data, w = write(MEMBERS)
+    scanned = [m for m, _ in TarScanner(io.BytesIO(data), len(data)).members()]
+    assert [(m.name, m.offset, m.data_offset, m.size) for m in scanned] == [
+        (m.name, m.offset, m.data_offset, m.size) for m in w.members
+    ]
+    assert w.pos == len(data)
+    assert w.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_index_from_written_members_equals_index_of_the_file(tmp_path):
+    members = [(f"{i:09d}.{ext}", bytes([i]) * (i * 97 + 1)) for i in range(5) for ext in "ab"]
+    data, w = write(members, checksum=False)
+    path = tmp_path / "00000.tar"
+    path.write_bytes(data)
+    assert w.sha256 is None
+    assert index_text(w.members)[0] == build_index(str(path))[0]
+
+
+def test_same_members_same_bytes():
+    assert write(MEMBERS)[0] == write(list(MEMBERS))[0]
+
+
+@pytest.mark.parametrize("size", [0, 1, 8**11 - 1])
+def test_header_checksum_is_valid(size):
+    h = header("a.txt", size)
+    info = tarfile.TarInfo.frombuf(h, "utf-8", "surrogateescape")  # raises on a bad checksum
+    assert info.size == size
