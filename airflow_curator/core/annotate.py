@@ -197,7 +197,7 @@ class Annotator:
     def is_done(self, shard: Shard, url: str) -> bool:
         import pyarrow.parquet as pq
 
-        if not storage.exists(url):
+        if self.weights is None or not storage.exists(url):  # random weights: never reuse
             return False
         fs, path = storage.fs_and_path(url)
         try:

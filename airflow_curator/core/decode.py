@@ -114,7 +114,7 @@ class Decoder:
         self.gpu = device.startswith("cuda")
         self.device_id = (int(device.split(":")[1]) if ":" in device else 0) if self.gpu else None
         self.batch_size = batch_size
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
+        self.threads = threads or max(1, min(8 if self.gpu else 4, os.cpu_count() or 1))
 
     def _pipeline(self, source: Callable[[], Any], prefetch: int = 2) -> Any:
         from nvidia.dali import fn, pipeline_def, types

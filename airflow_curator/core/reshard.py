@@ -126,34 +126,30 @@ class InputCache:
         self.loaded.clear()
 
 
-def _records(cache: InputCache, out: OutputShard) -> Iterator[tuple[str, Location, TarSource]]:
-    """(old id, member locations, byte source) for each record of ``out`` in output order."""
-    for stem, first, end in out.pieces:
-        entry = cache.get(stem)
-        ids, locations, source = entry["ids"], entry["locations"], entry["source"]
-        old_ids = [ids[r] for r in entry["rows"][first:end]]
-        missing = [i for i in old_ids if i not in locations]
-        if missing:
-            raise ShardError(
-                stem, f"{len(missing)} kept records are not in the tar: {preview(missing)}"
-            )
-        for start in range(0, len(old_ids), BATCH):
-            batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
-            if source.mm is None:
-                source.prefetch([(off, size) for _, locs in batch for _, off, size in locs])
-            for old, locs in batch:
-                yield old, locs, source
+def _piece_records(
+    entry: dict[str, Any], stem: str, rows: list[int]
+) -> Iterator[tuple[str, Location, TarSource]]:
+    """(old id, member locations, byte source) for the kept ``rows`` of one input shard."""
+    ids, locations, source = entry["ids"], entry["locations"], entry["source"]
+    old_ids = [ids[r] for r in rows]
+    missing = [i for i in old_ids if i not in locations]
+    if missing:
+        raise ShardError(
+            stem, f"{len(missing)} kept records are not in the tar: {preview(missing)}"
+        )
+    for start in range(0, len(old_ids), BATCH):
+        batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
+        if source.mm is None:
+            source.prefetch([(off, size) for _, locs in batch for _, off, size in locs])
+        for old, locs in batch:
+            yield old, locs, source
 
 
-def _metadata_table(cache: InputCache, out: OutputShard, new_ids: list[str], old: list[str]) -> Any:
+def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[str]) -> Any:
+    """The output shard's Parquet rows in the plan's schema: new ids, old ids if asked."""
     import pyarrow as pa
 
-    plan = cache.plan
     schema = plan.arrow_schema()
-    parts = []
-    for stem, first, end in out.pieces:
-        entry = cache.get(stem)
-        parts.append(entry["table"].take(pa.array(entry["rows"][first:end], pa.int64())))
     n = len(new_ids)
     columns = []
     for f in schema:
@@ -172,9 +168,11 @@ def _metadata_table(cache: InputCache, out: OutputShard, new_ids: list[str], old
     return pa.Table.from_arrays(columns, schema=schema).combine_chunks()
 
 
-def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
+def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False) -> dict[str, Any]:
     """Write one output shard (tar, idx, parquet, then its marker); return the marker."""
     import hashlib
+
+    import pyarrow as pa
 
     t0 = time.perf_counter()
     plan = cache.plan
@@ -183,25 +181,30 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     new_ids: list[str] = []
     old_ids: list[str] = []
     id_col = plan.id_col
+    parts = []  # the kept metadata rows, taken piece by piece (inputs may be evicted after)
     with storage.atomic_writer(base + ".tar", fsync=False) as f:
-        writer = TarWriter(f)
-        for old, locs, source in _records(cache, out):
-            new = record_id(out.index, len(new_ids), sps, digits)
-            items = []
-            for ext, off, size in locs:
-                data = source.get(off, size)
-                if ext == "json":
-                    data = rewrite_json(data, id_col, old, new, out.name)
-                items.append((f"{new}.{ext}", data))
-            writer.add_record(items)
-            new_ids.append(new)
-            old_ids.append(old)
+        writer = TarWriter(f, hash_thread=hash_thread)
+        for stem, first, end in out.pieces:
+            entry = cache.get(stem)
+            rows = entry["rows"][first:end]
+            parts.append(entry["table"].take(pa.array(rows, pa.int64())))
+            for old, locs, source in _piece_records(entry, stem, rows):
+                new = record_id(out.index, len(new_ids), sps, digits)
+                items = []
+                for ext, off, size in locs:
+                    data = source.get(off, size)
+                    if ext == "json":
+                        data = rewrite_json(data, id_col, old, new, out.name)
+                    items.append((f"{new}.{ext}", data))
+                writer.add_record(items)
+                new_ids.append(new)
+                old_ids.append(old)
         writer.close()
     if len(new_ids) != out.records:
         raise ShardError(out.name, f"wrote {len(new_ids)} records, the plan says {out.records}")
     files = {"tar": {"name": out.name + ".tar", "size": writer.pos, "sha256": writer.sha256}}
     idx = index_text(writer.members, out.name)[0].encode()
-    pq_data = parquet_bytes(_metadata_table(cache, out, new_ids, old_ids))
+    pq_data = parquet_bytes(_metadata_table(plan, parts, new_ids, old_ids))
     for ext, data in (("idx", idx), ("parquet", pq_data)):
         storage.write_bytes(f"{base}.{ext}", data, fsync=False)
         files[ext] = {
@@ -225,12 +228,12 @@ def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     return marker
 
 
-def _write_many(task: tuple[str, list[int]]) -> list[dict[str, Any]]:
-    plan_url, indexes = task
+def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
+    plan_url, indexes, hash_thread = task
     plan = load_plan(plan_url)
     cache = InputCache(plan)
     try:
-        return [write_output(cache, plan.outputs[i]) for i in indexes]
+        return [write_output(cache, plan.outputs[i], hash_thread) for i in indexes]
     finally:
         cache.close()
 
@@ -248,7 +251,9 @@ def reshard(plan_url: str, outputs: str | None = None, *, workers: int = 0) -> d
         )
     n = min(workers or os.cpu_count() or 1, len(indexes))
     chunks = [indexes[i * len(indexes) // n : (i + 1) * len(indexes) // n] for i in range(n)]
-    tasks = [(plan_url, c) for c in chunks if c]
+    # one writer alone on a multi-core machine hashes in a second thread
+    alone = n == 1 and (os.cpu_count() or 1) > 1
+    tasks = [(plan_url, c, alone) for c in chunks if c]
     progress = Progress("reshard", len(indexes), logger=logger)
     markers: list[dict[str, Any]] = []
     local = storage.is_local(plan.output) and "fork" in multiprocessing.get_all_start_methods()

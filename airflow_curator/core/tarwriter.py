@@ -85,17 +85,19 @@ class TarWriter:
     """Appends members to a binary file; keeps the members (for the ``.idx``) and a sha256.
 
     A record's headers, data and padding go out in one ``writev`` straight from the caller's
-    buffers (memory-mapped input), so member bytes are never copied in Python.
+    buffers (memory-mapped input), so member bytes are never copied in Python. ``hash_thread``
+    computes the sha256 in a second thread: worth it when this is the only writer on the
+    machine (it costs some CPU in thread hand-offs).
     """
 
-    def __init__(self, f: IO[bytes], *, checksum: bool = True) -> None:
+    def __init__(self, f: IO[bytes], *, checksum: bool = True, hash_thread: bool = False) -> None:
         self.f = f
         self.pos = 0
         self.members: list[Member] = []
         self.sha = hashlib.sha256() if checksum else None
         self._hashing: queue.Queue[list[bytes | memoryview] | None] | None = None
         self._hasher: threading.Thread | None = None
-        if checksum:  # sha256 releases the GIL: hash in a thread while this one writes
+        if checksum and hash_thread:  # sha256 releases the GIL: hash while this thread writes
             self._hashing = queue.Queue(maxsize=4096)
             self._hasher = threading.Thread(target=self._hash_loop, daemon=True)
             self._hasher.start()
@@ -133,6 +135,9 @@ class TarWriter:
     def _write(self, bufs: list[bytes | memoryview], total: int) -> None:
         if self._hashing is not None:
             self._hashing.put(bufs)
+        elif self.sha is not None:
+            for b in bufs:
+                self.sha.update(b)
         if self.fd is None:
             for b in bufs:
                 self.f.write(b)

@@ -29,7 +29,7 @@ from kubernetes.client import models as k8s
 
 from airflow_curator.operators.local import USAGE_EXIT, LocalRunner, StepFailed
 from airflow_curator.runtime.argv import build_argv
-from airflow_curator.runtime.registry import step_parser
+from airflow_curator.runtime.registry import STEPS, step_parser
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,10 @@ class CuratorOperator(KubernetesPodOperator):
         )
         if step is not None:
             self.step = step
-        if not self.step:
-            raise ValueError(f"{type(self).__name__} needs a step")
-        step_actions(self.step)  # fail at parse time on an unknown step
+        if self.step not in STEPS:  # fail when the DAG is parsed, not when the task runs
+            raise ValueError(
+                f"{type(self).__name__}: unknown step {self.step!r}; steps: {', '.join(STEPS)}"
+            )
         self.dataset = dataset
         self.output_uri = output_uri
         self.options = dict(options or {})

@@ -236,3 +236,21 @@ def test_all_images_bad_still_writes_the_shard(tmp_path, options, annotator):
     table = read_annotation(tmp_path)
     assert table.column("clip_score").null_count == 2
     assert all("not a JPEG" in e for e in table.column("error").to_pylist())
+
+
+def test_object_store_dataset_and_output(tmp_path, options, annotator):
+    """A bucket URL (fsspec memory:// here): the tar is fetched for DALI, the Parquet is put."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    kinds = write_awkward_shard(tmp_path / "local", 0, seed=4)
+    fs = fsspec.filesystem("memory")
+    for name in ("00000.tar", "00000.parquet"):
+        fs.pipe(f"/bucket/ds/{name}", (tmp_path / "local" / name).read_bytes())
+    result = annotate_dataset("memory://bucket/ds", "memory://bucket/job", None, options, annotator)
+    assert result["records"] == len(kinds) and result["failed"] == 3
+    with fs.open("/bucket/job/_work/annotations/00000.parquet", "rb") as f:
+        table = pq.read_table(f)
+    assert table.column("key").to_pylist() == sorted(kinds)
+    again = annotate_dataset("memory://bucket/ds", "memory://bucket/job", None, options, annotator)
+    assert again["skipped"] == 1

@@ -295,3 +295,15 @@ def test_object_store_gives_the_same_bytes_as_local(src, tmp_path):
         assert fs.exists(f"{root}/out/_SUCCESS")
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_one_output_from_many_inputs_in_input_order(tmp_path):
+    path = str(tmp_path / "in")
+    ids = write_sample_dataset(path, shards=5, records_per_shard=3, image_bytes=20)
+    add_filter(path, lambda i: not i.endswith("1"))
+    out = str(tmp_path / "out")
+    planned = run_all(path, out, samples_per_shard=100, old_id_col="old")
+    assert planned["output_shards"] == 1
+    table = pq.read_table(os.path.join(out, "00000.parquet"))
+    assert table["old"].to_pylist() == [i for i in ids if not i.endswith("1")]
+    assert table["key"].to_pylist() == [f"00000{k:02d}" for k in range(10)]

@@ -69,3 +69,15 @@ def test_header_checksum_is_valid(size):
     h = header("a.txt", size)
     info = tarfile.TarInfo.frombuf(h, "utf-8", "surrogateescape")  # raises on a bad checksum
     assert info.size == size
+
+
+def test_hash_thread_gives_the_same_checksum(tmp_path):
+    path = tmp_path / "t.tar"
+    with open(path, "wb") as f:  # a real file: members go out by writev
+        w = TarWriter(f, hash_thread=True)
+        for name, data in MEMBERS:
+            w.add(name, data)
+        w.close()
+    data = path.read_bytes()
+    assert data == write(MEMBERS)[0]
+    assert w.sha256 == write(MEMBERS)[1].sha256

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verify-hashes",
         action="store_true",
-        help="re-read every output file and check its sha256 (default: sizes and markers)",
+        help="re-read every output file and check its sha256 (otherwise: sizes and markers)",
     )
     p.add_argument(
         "--sync",

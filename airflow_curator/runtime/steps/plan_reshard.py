@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metadata",
         help="folder of the per-shard metadata Parquet with the filter column "
-        "(default: the dataset's own Parquet)",
+        "(omitted: the dataset's own Parquet)",
     )
     p.add_argument(
         "--filter-column", default="passes_curation", help="boolean column: keep if true"
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-shard", type=int, default=10000, help="records per output shard")
     p.add_argument("--max-shards", type=int, default=5, help="digits of the output shard number")
     p.add_argument("--old-id-col", help="keep each record's old id in this column")
-    p.add_argument("--shards", help="only these input shard numbers, e.g. 0-99 (default: all)")
+    p.add_argument("--shards", help="only these input shard numbers, e.g. 0-99; omitted: all")
     p.add_argument("--max-groups", type=int, default=MAX_GROUPS, help="most output groups")
     p.add_argument(
         "--group-bytes", type=int, default=GROUP_BYTES, help="target bytes per output group"

@@ -13,7 +13,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="plan URI written by plan-reshard")
-    p.add_argument("--outputs", help="output shard numbers to write, e.g. 0-3 (default: all)")
+    p.add_argument("--outputs", help="output shard numbers to write, e.g. 0-3; omitted: all")
     p.add_argument(
         "--workers",
         type=int,

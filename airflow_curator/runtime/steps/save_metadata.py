@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", required=True, help="folder of NNNNN.parquet annotations")
     p.add_argument(
         "--path",
-        help="folder for the merged NNNNN.parquet (default: replace the dataset's own, atomically)",
+        help="folder for the merged NNNNN.parquet; omitted: replace the dataset's own, atomically",
     )
     p.add_argument("--columns", help="keep only these columns, comma separated (id always kept)")
     p.add_argument("--id-col", default="key", help="record id column")
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--filter-column", default="passes_curation", help="name of the boolean filter column"
     )
-    p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120 (default: all)")
+    p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120; omitted: all")
     p.add_argument("--workers", type=int, default=8, help="shards merged in parallel (threads)")
 
 

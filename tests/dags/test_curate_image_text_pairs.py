@@ -1,0 +1,171 @@
+"""The example DAG with a real Airflow: imports cleanly, curates a generated dataset end to end in
+local mode over several mapped groups, reruns without redoing work, and backfills a dated drop."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_curator.core.naming import record_id
+from tests.dags.dagrun import BACKFILL_DATE, REPO
+
+DAG_FILE = os.path.join(REPO, "dags", "curate_image_text_pairs.py")
+CLI_PARAMS = {
+    "dataset",
+    "output",
+    "execution",
+    "model",
+    "weights",
+    "aesthetic_weights",
+    "nsfw_weights",
+    "min_aesthetic",
+    "max_nsfw",
+    "min_clip_score",
+    "filter_column",
+    "samples_per_shard",
+    "gpus",
+}
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory):
+    """One process, one migrated SQLite Airflow, three DAG runs (see dagrun.py)."""
+    work = tmp_path_factory.mktemp("dagrun")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.dags.dagrun", str(work)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(work / "report.json") as f:
+        return json.load(f)
+
+
+def tasks(run: dict, task_id: str) -> list[list]:
+    return [t for t in run["tasks"] if t[0] == task_id]
+
+
+def load_dag_module():
+    spec = importlib.util.spec_from_file_location("curate_dag", DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_dag_imports_and_has_cli_named_params(report):
+    assert report["import_errors"] == {}
+    assert set(report["params"]) >= CLI_PARAMS
+
+
+@pytest.mark.slow
+def test_first_run_curates_over_mapped_groups(report):
+    run = report["first"]
+    assert run["state"] == "success", run["tasks"]
+    assert all(t[2] == "success" for t in run["tasks"]), run["tasks"]
+    for step in ("index", "annotate", "save_metadata"):
+        mapped = tasks(run, step)
+        assert [t[3] for t in mapped] == ["shards 00000", "shards 00001", "shards 00002"]
+    plan = run["xcom"]["plan_reshard[-1].result"]
+    kept = sum(run["xcom"][f"save_metadata[{i}].return_value"]["passed"] for i in range(3))
+    assert 0 < plan["records"] == kept < len(report["ids"])
+    assert len(tasks(run, "reshard")) == plan["output_shards"] >= 2
+    commit = run["xcom"]["commit[-1].return_value"]
+    assert commit["records"] == kept and commit["shards"] == plan["output_shards"]
+    # the curated dataset on storage, not just what the XComs say
+    out = run["output"]
+    names = sorted(run["files"])
+    stems = [f"{i:05d}" for i in range(commit["shards"])]
+    assert names == sorted(
+        [f"{s}.{e}" for s in stems for e in ("idx", "parquet", "tar")]
+        + ["_SUCCESS", "_manifest.json"]
+    )
+    rows = sum(pq.read_metadata(os.path.join(out, f"{s}.parquet")).num_rows for s in stems)
+    assert rows == kept
+    with tarfile.open(os.path.join(out, f"{stems[0]}.tar")) as tar:
+        keys = {m.name.split(".")[0] for m in tar.getmembers()}
+    assert keys == {record_id(0, i, 5, 5) for i in range(len(keys))}  # samples_per_shard=5
+
+
+@pytest.mark.slow
+def test_run_emits_the_asset_event_with_counts(report):
+    run = report["first"]
+    (event,) = run["asset_events"]
+    assert event["name"] == "curated_image_text_pairs"
+    commit = run["xcom"]["commit[-1].return_value"]
+    assert event["extra"]["records"] == commit["records"] > 0
+    assert event["extra"]["shards"] == commit["shards"]
+    assert event["extra"]["output"] == run["output"]
+
+
+@pytest.mark.slow
+def test_rerun_redoes_nothing_and_changes_no_byte(report):
+    first, rerun = report["first"], report["rerun"]
+    assert rerun["state"] == "success"
+    for i in range(3):
+        assert rerun["xcom"][f"index[{i}].return_value"]["written"] == 0
+        annotated = rerun["xcom"][f"annotate[{i}].return_value"]
+        assert annotated["annotated"] == 0 and annotated["skipped"] == 1
+    digests = {name: v[0] for name, v in first["files"].items()}
+    assert {name: v[0] for name, v in rerun["files"].items()} == digests
+    assert (
+        rerun["xcom"]["commit[-1].return_value"]["records"]
+        == (first["xcom"]["commit[-1].return_value"]["records"])
+    )
+
+
+@pytest.mark.slow
+def test_backfill_run_reads_the_dated_drop(report):
+    run = report["backfill"]
+    assert run["state"] == "success", run["tasks"]
+    discovered = run["xcom"]["discover[-1].result"]
+    assert discovered["dataset"].endswith(os.path.join("drops", BACKFILL_DATE))
+    assert discovered["records"] == len(report["backfill_ids"])
+    assert run["output"].endswith(os.path.join("curated", BACKFILL_DATE))
+    assert "_SUCCESS" in run["files"]
+    (event,) = run["asset_events"]
+    assert event["extra"]["output"] == run["output"]
+
+
+def test_dataset_falls_back_to_the_run_date_without_a_logical_date():
+    module = load_dag_module()
+    env = module.dag.get_template_env()
+    params = {"dataset": "", "output": "", "drops": "gs://b/drops", "curated": "gs://b/cur"}
+    run_after = datetime.datetime(2026, 4, 2, 6, 30, tzinfo=datetime.timezone.utc)
+    manual = {"params": params, "dag_run": SimpleNamespace(run_after=run_after)}  # no ds
+    assert env.from_string(module.DATASET).render(manual) == "gs://b/drops/2026-04-02"
+    assert env.from_string(module.OUTPUT).render(manual) == "gs://b/cur/2026-04-02"
+    scheduled = {**manual, "ds": "2026-03-01"}
+    assert env.from_string(module.DATASET).render(scheduled) == "gs://b/drops/2026-03-01"
+    chosen = {**manual, "params": {**params, "dataset": "/data/x", "output": "/data/y"}}
+    assert env.from_string(module.DATASET).render(chosen) == "/data/x"
+    assert env.from_string(module.OUTPUT).render(chosen) == "/data/y"
+
+
+def test_params_validate_form_input():
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = load_dag_module().dag.params
+    for name, bad in (
+        ("execution", "ray"),
+        ("max_nsfw", 1.5),
+        ("samples_per_shard", 0),
+        ("filter_column", "drop table"),
+    ):
+        with pytest.raises(ParamValidationError):
+            params.get_param(name).resolve(bad)
+    assert params.get_param("min_clip_score").resolve(None) is None
+    assert params.get_param("gpus").resolve(2) == 2

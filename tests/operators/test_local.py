@@ -1,0 +1,155 @@
+"""Local execution: the real step in a subprocess, its JSON result as the task's return value."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_curator.core.discovery import load_manifest
+from airflow_curator.operators import CommitOperator, IndexShardsOperator, ShardDiscoveryOperator
+from airflow_curator.operators.base import RESULT_KEY, CuratorOperator, default_execution
+from airflow_curator.operators.local import LocalRunner, StepFailed
+
+
+class FakeTI:
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def test_discover_returns_groups_and_pushes_the_full_result(sample_dataset, tmp_path):
+    path, ids = sample_dataset
+    out = str(tmp_path / "out")
+    op = ShardDiscoveryOperator(
+        task_id="discover",
+        dataset=path,
+        output_uri=out,
+        execution="local",
+        options={"group-bytes": 1},
+    )
+    ti = FakeTI()
+    groups = op.execute({"ti": ti})
+    assert [g["shards"] for g in groups] == ["0", "1"]
+    assert [g["label"] for g in groups] == ["00000", "00001"]
+    result = ti.pushed[RESULT_KEY]
+    assert result["records"] == len(ids) and result["groups"] == groups
+    manifest = load_manifest(os.path.join(out, "_work", "manifest.json"))
+    assert [s.id for s in manifest.shards] == [0, 1]
+
+
+def test_index_works_on_its_group_only(sample_dataset):
+    path, _ = sample_dataset
+    op = IndexShardsOperator(
+        task_id="index",
+        dataset=path,
+        execution="local",
+        shard_group={"shards": "1", "label": "00001"},
+    )
+    context: dict = {}
+    result = op.execute(context)
+    assert result["written"] == 1 and result["shards"] == 1
+    assert sorted(f for f in os.listdir(path) if f.endswith(".idx")) == ["00001.idx"]
+    assert context["map_index_template"].startswith("shards ")
+    again = op.execute({})
+    assert again["written"] == 0 and again["skipped"] == 1
+
+
+def test_a_failing_step_fails_the_task_with_its_reason(tmp_path):
+    op = IndexShardsOperator(task_id="index", dataset=str(tmp_path / "nope"), execution="local")
+    with pytest.raises(AirflowException, match=r"airflow-curator index") as e:
+        op.execute({})
+    assert "nope" in str(e.value)
+
+
+def test_bad_arguments_fail_without_retry(sample_dataset):
+    path, _ = sample_dataset
+    op = IndexShardsOperator(
+        task_id="index", dataset=path, execution="local", options={"workers": "many"}
+    )
+    with pytest.raises(AirflowFailException, match="exited with code 2"):
+        op.execute({})
+    with pytest.raises(ValueError, match="no option 'colour'"):
+        IndexShardsOperator(task_id="i", dataset=path, options={"colour": "red"}).argv()
+
+
+def test_flags_and_empty_values_from_forms(sample_dataset):
+    path, _ = sample_dataset
+    op = IndexShardsOperator(
+        task_id="index", dataset=path, options={"force": "false", "verify": "True", "workers": ""}
+    )
+    assert op.argv() == ["index", "--dataset", path, "--verify"]
+    with pytest.raises(AirflowFailException, match="is a flag"):
+        IndexShardsOperator(task_id="i", dataset=path, options={"force": "maybe"}).argv()
+
+
+def test_execution_mode_from_config(monkeypatch):
+    monkeypatch.delenv("AIRFLOW__CURATOR__EXECUTION", raising=False)
+    assert default_execution() == "local"
+    monkeypatch.setenv("AIRFLOW__CURATOR__EXECUTION", "Kubernetes")
+    op = IndexShardsOperator(task_id="index", dataset="d", execution="")
+    assert op.execution_mode() == "kubernetes"
+    assert IndexShardsOperator(task_id="i", dataset="d", execution="local").execution_mode() == (
+        "local"
+    )
+    with pytest.raises(AirflowFailException, match="execution must be one of"):
+        IndexShardsOperator(task_id="i", dataset="d", execution="ray").execution_mode()
+
+
+def test_unknown_step_fails_at_parse_time():
+    with pytest.raises(ValueError, match="unknown step 'transmogrify'"):
+        CuratorOperator(task_id="x", step="transmogrify")
+
+
+def test_commit_emits_the_asset_event_with_counts(monkeypatch):
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    result = {"records": 14, "shards": 3, "bytes": 60928, "manifest": "/o/_manifest.json"}
+    monkeypatch.setattr(LocalRunner, "run", lambda self, argv, env=None: dict(result))
+    asset = Asset(name="curated", uri="gs://b/curated")
+    op = CommitOperator(task_id="commit", output_uri="/o", execution="local", outlets=[asset])
+    events = OutletEventAccessors()
+    assert op.execute({"outlet_events": events}) == result
+    assert events[asset].extra == {**result, "output": "/o"}
+
+
+def test_gcp_connection_key_file_reaches_the_step(monkeypatch, sample_dataset):
+    keyfile = {"type": "service_account", "project_id": "p"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GCS_TEST",
+        json.dumps(
+            {
+                "conn_type": "google_cloud_platform",
+                "extra": {"keyfile_dict": keyfile, "project": "p"},
+            }
+        ),
+    )
+    seen = {}
+
+    def fake_run(self, argv, env=None):
+        seen.update(env)
+        with open(env["GOOGLE_APPLICATION_CREDENTIALS"]) as f:
+            seen["key"] = json.load(f)
+        seen["mode"] = os.stat(env["GOOGLE_APPLICATION_CREDENTIALS"]).st_mode & 0o777
+        return {}
+
+    monkeypatch.setattr(LocalRunner, "run", fake_run)
+    path, _ = sample_dataset
+    op = IndexShardsOperator(task_id="i", dataset=path, execution="local", gcp_conn_id="gcs_test")
+    op.execute({})
+    assert seen["key"] == keyfile and seen["mode"] == 0o600
+    assert seen["GOOGLE_CLOUD_PROJECT"] == "p"
+    assert not os.path.exists(seen["GOOGLE_APPLICATION_CREDENTIALS"])  # removed afterwards
+
+
+def test_runner_reports_the_last_error_line(tmp_path):
+    runner = LocalRunner()
+    with pytest.raises(StepFailed) as e:
+        runner.run(["discover", "--dataset", str(tmp_path / "missing")])
+    assert e.value.returncode == 1
+    assert e.value.reason.startswith("airflow-curator discover: error:")

@@ -1,0 +1,227 @@
+"""Pods rendered offline (``build_pod_request_obj(dry_run=True)``) and validated strictly against
+the Kubernetes schemas: arguments, GPU limits, tolerations, the XCom sidecar, pod templates."""
+
+from __future__ import annotations
+
+import copy
+
+import kubernetes_validate
+import pytest
+from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
+
+from airflow_curator.operators import (
+    CommitOperator,
+    GpuAnnotateOperator,
+    IndexShardsOperator,
+    PlanReshardOperator,
+    ReshardOperator,
+    SaveMetadataOperator,
+    ShardDiscoveryOperator,
+)
+from airflow_curator.operators.base import GPU_RESOURCE, XCOM_RESULT, default_image
+from airflow_curator.operators.local import LocalRunner, local_command
+from airflow_curator.runtime.registry import step_parser
+
+K8S_VERSION = kubernetes_validate.latest_version()
+GROUP = {"shards": "4-7", "label": "00004-00007", "count": 4}
+OUTPUT_GROUP = {"outputs": "0-1", "label": "00000-00001", "count": 2}
+
+CASES = {
+    "discover": (ShardDiscoveryOperator, {"options": {"group_bytes": 1 << 30}}),
+    "index": (IndexShardsOperator, {"shard_group": GROUP}),
+    "annotate": (
+        GpuAnnotateOperator,
+        {"shard_group": GROUP, "options": {"model": "ViT-L-14", "batch_size": 128}},
+    ),
+    "save-metadata": (
+        SaveMetadataOperator,
+        {"shard_group": GROUP, "options": {"min_clip_score": 0.2, "max_nsfw": 0.5}},
+    ),
+    "plan-reshard": (PlanReshardOperator, {"options": {"samples_per_shard": 5000}}),
+    "reshard": (ReshardOperator, {"shard_group": OUTPUT_GROUP}),
+    "commit": (CommitOperator, {}),
+}
+
+
+def make(step: str, **kwargs):
+    cls, extra = CASES[step]
+    args = {
+        "task_id": step.replace("-", "_"),
+        "dataset": "gs://bucket/drops/2026-03-01",
+        "output_uri": "gs://bucket/curated/2026-03-01",
+        "execution": "kubernetes",
+        "namespace": "curation",
+        **copy.deepcopy(extra),
+        **kwargs,
+    }
+    return cls(**args)
+
+
+def manifest(op) -> dict:
+    pod = op.build_pod_request_obj(None, dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+def validate(m: dict) -> None:
+    kubernetes_validate.validate(m, desired_version=K8S_VERSION, strict=True)
+
+
+def base_container(m: dict) -> dict:
+    return next(c for c in m["spec"]["containers"] if c["name"] == "base")
+
+
+@pytest.mark.parametrize("step", list(CASES))
+def test_every_operator_renders_a_valid_pod(step):
+    op = make(step)
+    m = manifest(op)
+    validate(m)
+    c = base_container(m)
+    assert c["args"] == op.argv(result_json=XCOM_RESULT)
+    assert c["args"][0] == step and c["args"][-2:] == ["--result-json", XCOM_RESULT]
+    assert not c.get("command")  # the image's entrypoint is airflow-curator
+    assert c["image"] == default_image()
+    step_parser(step).parse_args(c["args"][1:])  # a complete, valid command line
+    sidecar = [x for x in m["spec"]["containers"] if x["name"] == "airflow-xcom-sidecar"]
+    assert len(sidecar) == 1
+    assert {"name": "xcom", "mountPath": "/airflow/xcom"} in c["volumeMounts"]
+    assert m["metadata"]["labels"]["airflow-curator/step"] == step
+    assert m["metadata"]["namespace"] == "curation"
+    gpu = (c.get("resources") or {}).get("limits", {}).get(GPU_RESOURCE)
+    assert gpu == ("1" if step == "annotate" else None)
+
+
+@pytest.mark.parametrize("step", ["index", "annotate", "reshard"])
+def test_pod_arguments_equal_the_local_argv(step, monkeypatch):
+    seen = []
+
+    def fake_run(self, argv, env=None, result_json=None):
+        seen.append(list(argv))
+        return {"ok": True}
+
+    monkeypatch.setattr(LocalRunner, "run", fake_run)
+    pod_args = base_container(manifest(make(step)))["args"]
+    local = make(step, execution="local")
+    assert local.execute({}) == {"ok": True}
+    assert seen == [pod_args[:-2]]
+    assert "--shards" in pod_args or "--outputs" in pod_args
+    cmd = local_command(seen[0])
+    assert cmd[1:3] == ["-m", "airflow_curator.runtime.cli"] and cmd[3:] == seen[0]
+
+
+def test_gpu_pod_takes_the_usual_pod_arguments():
+    op = make(
+        "annotate",
+        gpus=2,
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        tolerations=[k8s.V1Toleration(key="dedicated", value="curation", effect="NoSchedule")],
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "8", "memory": "32Gi"}, limits={"memory": "48Gi"}
+        ),
+        service_account_name="curator",
+        image="registry.example.com/curator-runtime:0.1.0",
+        image_pull_policy="Always",
+    )
+    m = manifest(op)
+    validate(m)
+    c, spec = base_container(m), m["spec"]
+    assert c["resources"]["limits"] == {"memory": "48Gi", GPU_RESOURCE: "2"}
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
+    keys = [t["key"] for t in spec["tolerations"]]
+    assert keys == ["dedicated", GPU_RESOURCE]
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert spec["serviceAccountName"] == "curator"
+    assert c["image"] == "registry.example.com/curator-runtime:0.1.0"
+    assert c["imagePullPolicy"] == "Always"
+    # the user's resources object is not modified
+    assert GPU_RESOURCE not in op.container_resources.limits
+    # room for a GPU node to be autoscaled and a large image pulled
+    assert op.startup_timeout_seconds >= 1200 and op.schedule_timeout_seconds >= 1800
+
+
+def test_gpu_toleration_not_duplicated_and_gpus_zero_means_cpu():
+    own = k8s.V1Toleration(key=GPU_RESOURCE, operator="Equal", value="present", effect="NoSchedule")
+    m = manifest(make("annotate", tolerations=[own]))
+    assert [t["key"] for t in m["spec"]["tolerations"]] == [GPU_RESOURCE]
+    assert m["spec"]["tolerations"][0]["value"] == "present"
+    cpu = manifest(make("annotate", gpus="0"))  # templated params arrive as text
+    assert not base_container(cpu).get("resources") and not cpu["spec"].get("tolerations")
+
+
+def test_cpu_steps_ask_for_no_gpu():
+    m = manifest(make("index"))
+    assert not m["spec"].get("tolerations")
+    assert GPU_RESOURCE not in str(m)
+
+
+def test_building_the_pod_twice_gives_the_same_pod():
+    op = make(
+        "annotate",
+        env_vars={"CURATOR_LOG": "debug"},
+        pod_runtime_info_envs=[
+            k8s.V1EnvVar(
+                name="POD_NAME",
+                value_from=k8s.V1EnvVarSource(
+                    field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name")
+                ),
+            )
+        ],
+    )
+    first, second = manifest(op), manifest(op)
+    first["metadata"].pop("name"), second["metadata"].pop("name")
+    assert first == second
+    env = base_container(second)["env"]
+    assert [e["name"] for e in env] == ["CURATOR_LOG", "POD_NAME"]
+    validate(second)
+
+
+def test_pod_template_file_is_the_base(tmp_path):
+    template = tmp_path / "pod.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    team: data\nspec:\n"
+        "  priorityClassName: batch-low\n"
+        "  volumes:\n  - name: models\n    persistentVolumeClaim:\n      claimName: clip-weights\n"
+        "  containers:\n  - name: base\n    volumeMounts:\n    - name: models\n"
+        "      mountPath: /models\n      readOnly: true\n"
+    )
+    m = manifest(make("annotate", pod_template_file=str(template)))
+    validate(m)
+    c = base_container(m)
+    assert m["metadata"]["labels"]["team"] == "data"
+    assert m["spec"]["priorityClassName"] == "batch-low"
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert c["args"][0] == "annotate" and c["resources"]["limits"][GPU_RESOURCE] == "1"
+
+
+def test_template_fields_render_uris_and_options():
+    op = make(
+        "save-metadata",
+        dataset="{{ params.root }}/drops/{{ ds }}",
+        output_uri="{{ params.root }}/curated/{{ ds }}",
+        options={"min_clip_score": "{{ params.min_clip }}", "filter_column": "keep"},
+    )
+    for field in ("dataset", "output_uri", "options", "shard_group", "execution"):
+        assert field in op.template_fields
+    op.render_template_fields({"params": {"root": "gs://b", "min_clip": 0.25}, "ds": "2026-03-01"})
+    argv = op.argv()
+    assert argv[argv.index("--dataset") + 1] == "gs://b/drops/2026-03-01"
+    assert argv[argv.index("--path") + 1] == "gs://b/curated/2026-03-01/_work/metadata"
+    assert argv[argv.index("--min-clip-score") + 1] == "0.25"
+    assert argv[argv.index("--filter-column") + 1] == "keep"
+
+
+def test_operators_map_over_groups():
+    from airflow.sdk import DAG
+
+    with DAG("mapping", schedule=None) as dag:
+        GpuAnnotateOperator.partial(
+            task_id="annotate",
+            dataset="gs://b/d",
+            output_uri="gs://b/o",
+            gpus=2,
+            namespace="curation",
+            options={"model": "ViT-B-32"},
+        ).expand(shard_group=[GROUP, {"shards": "8-9", "label": "00008-00009"}])
+    mapped = dag.get_task("annotate")
+    assert mapped.partial_kwargs["gpus"] == 2
+    assert mapped.expand_input.value["shard_group"][1]["shards"] == "8-9"
