@@ -14,6 +14,7 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Curate image-text WebDataset shards: discover, index, annotate, "
         "save metadata and reshard, locally or on KubernetesPodOperator GPU pods.",
         "versions": [__version__],
+        "extra-links": ["airflow_curator.operators.report.CurationReportLink"],
         "config": {
             "curator": {
                 "description": "Defaults for airflow-curator operators.",

@@ -70,6 +70,7 @@ def main() -> int:
     p.add_argument("--records", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best counts")
     p.add_argument("--dir", help="work folder to (re)use; default a temp dir")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -192,19 +193,7 @@ def main() -> int:
     def ours() -> int:
         return annotator.annotate_shard(shard, out).records
 
-    def rate(fn, repeat: int = 2) -> float:
-        if warm:
-            fn()  # warm up (pipeline build, allocator, page cache)
-        best = 0.0
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            n = fn()
-            best = max(best, n / (time.perf_counter() - t0))
-        return best
-
-    warm = args.model == "tiny"  # big models: warmed up by two batches, then measured once
-    repeat = 2 if warm else 1
-    for _ in range(2):
+    for _ in range(2):  # warm up the model (allocator, oneDNN kernels) and the page cache
         model_step(*batches[0])
     variants = {
         "model only (pre-decoded)": model_only,
@@ -213,10 +202,14 @@ def main() -> int:
         "data path: PIL + torchvision": lambda: naive(False),
         "data path: DALI (ours)": dali_only,
     }
-    results = {}
-    for name, fn in variants.items():
-        gc.collect()
-        results[name] = rate(fn, repeat)
+    # rounds interleave the variants, so a busy neighbour slows them alike; best round counts
+    results = dict.fromkeys(variants, 0.0)
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            n = fn()
+            results[name] = max(results[name], n / (time.perf_counter() - t0))
     for name, value in results.items():
         print(f"  {name:<42} {value:9.1f} images/s")
     e2e = results["ours end to end"]

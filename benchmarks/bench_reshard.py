@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,11 @@ def webdataset_reshard(src: str, out: str, samples_per_shard: int) -> int:
             sink.write({"__key__": new, **sample})
             n += 1
     return n
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def read_json(path: str) -> dict:
@@ -174,30 +180,48 @@ def main() -> int:
     for v in steps.values():
         v.clear()
 
-    t_ours = timed(ours, args.repeat, fresh)
+    cpu: dict[str, float] = {}
+
+    def measured(name: str, fn, repeat: int = args.repeat) -> float:
+        """Median wall time; CPU seconds (user + system, all processes) per run into ``cpu``."""
+        calls = [0.0]
+
+        def wrapped() -> None:
+            before = _children_cpu()
+            fn()
+            calls[0] += _children_cpu() - before
+
+        t = timed(wrapped, repeat, fresh)
+        cpu[name] = calls[0] / repeat
+        return t
+
+    t_ours = measured("ours", ours)
     split = {k: sorted(v)[len(v) // 2] for k, v in steps.items()}
-    t_nosync = timed(lambda: ours(sync=False), args.repeat, fresh)
-    t_wds = timed(webdataset, args.repeat, fresh)
-    t_cp = timed(cp, args.repeat, fresh)
+    t_nosync = measured("nosync", lambda: ours(sync=False))
+    t_wds = measured("wds", webdataset)
+    t_cp = measured("cp", cp)
     shutil.rmtree(out, ignore_errors=True)
 
-    def line(label: str, t: float) -> str:
-        return f"  {label:<40} {t:7.3f} s  {size / 1e6 / t:7.0f} MB/s"
+    def line(label: str, t: float, key: str) -> str:
+        return f"  {label:<38} {t:7.3f} s {size / 1e6 / t:7.0f} MB/s  cpu {cpu[key]:6.2f} s"
 
     print(
         f"dataset: {args.shards} shards, {args.records} records, {size / 1e9:.2f} GB "
         f"({tar_bytes / 1e9:.2f} GB of tar); kept {kept} ({kept / max(args.records, 1):.0%}) "
         f"in output shards of {args.samples_per_shard}; {os.cpu_count()} CPUs"
     )
-    print(f"page cache warm, empty output folder (median of {args.repeat}, whole processes):")
-    print(line("airflow-curator plan+reshard+commit", t_ours))
+    print(
+        f"page cache warm, empty output folder (median wall of {args.repeat}, whole processes; "
+        "cpu: user + system seconds per run, which other load on the machine does not inflate):"
+    )
+    print(line("airflow-curator plan+reshard+commit", t_ours, "ours"))
     print(
         f"    plan {split['plan']:.3f} s, reshard {split['reshard']:.3f} s, "
         f"commit {split['commit']:.3f} s (flushes outputs to disk)"
     )
-    print(line("same, commit --no-sync (like cp)", t_nosync))
-    print(line("webdataset library (tars only)", t_wds))
-    print(line("cp -r", t_cp))
+    print(line("same, commit --no-sync (like cp)", t_nosync, "nosync"))
+    print(line("webdataset library (tars only)", t_wds, "wds"))
+    print(line("cp -r", t_cp, "cp"))
     print(
         f"  ours vs cp throughput        {t_cp / t_ours:6.2f} x  "
         f"(--no-sync: {t_cp / t_nosync:.2f} x; target >= 0.5)"

@@ -2,6 +2,7 @@
 
 discover -> index[group] -> annotate[group] -> save_metadata[group] -> plan_reshard
          -> reshard[output group] -> commit (emits the ``curated_image_text_pairs`` asset event)
+         -> report (``<output>/report.html``)
 
 Where it reads and writes:
 - ``dataset`` param, or when empty the dated drop folder ``<drops>/<YYYY-MM-DD>`` of the run's
@@ -27,6 +28,7 @@ from airflow.sdk import DAG, Asset, Param
 
 from airflow_curator.operators import (
     CommitOperator,
+    CurationReportOperator,
     GpuAnnotateOperator,
     IndexShardsOperator,
     PlanReshardOperator,
@@ -200,5 +202,8 @@ with DAG(
         **COMMON,
     )
 
-    discover >> index >> annotate >> save_metadata >> plan >> reshard >> commit
+    # The page curators choose thresholds from: <output>/report.html, linked from the task.
+    report = CurationReportOperator(task_id="report", **COMMON)
+
+    discover >> index >> annotate >> save_metadata >> plan >> reshard >> commit >> report
     plan >> commit

@@ -31,6 +31,7 @@ from airflow_curator.core.shardspec import format_spec, parse_spec
 logger = logging.getLogger(__name__)
 
 META_KEY = b"airflow_curator.dedup"
+STATS_COLUMNS = ("shard", "cluster")  # row-group min/max that readers select by
 EMBEDDING = "image_embedding"
 AESTHETIC = "aesthetic_score"
 
@@ -141,7 +142,10 @@ def write_parquet(
     ).combine_chunks()
     compression = {f.name: ("none" if f.name == "embedding" else "zstd") for f in table.schema}
     buf = io.BytesIO()
-    with pq.ParquetWriter(buf, table.schema, compression=compression) as writer:
+    stats = [c for c in STATS_COLUMNS if c in table.column_names]
+    with pq.ParquetWriter(
+        buf, table.schema, compression=compression, use_dictionary=False, write_statistics=stats
+    ) as writer:
         start = 0
         for n in [n for n in (row_groups or [table.num_rows]) if n] or [0]:
             writer.write_table(table.slice(start, n), row_group_size=max(n, 1))

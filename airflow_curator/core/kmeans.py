@@ -109,13 +109,13 @@ def kmeans(x: Any, k: int, iterations: int = 20, seed: int = 0, device: str = "c
             logger.info("k-means converged after %d iterations", it)
             break
         labels = new_labels
-        sums = torch.zeros((k, x.shape[1]), dtype=torch.float64)
-        sums.index_add_(0, torch.from_numpy(labels.astype(np.int64)), xt.double())
+        sums = torch.zeros((k, x.shape[1]), dtype=torch.float32)
+        sums.index_add_(0, torch.from_numpy(labels.astype(np.int64)), xt)
         counts = np.bincount(labels, minlength=k)
         empty = np.flatnonzero(counts == 0)
         if len(empty):
             far = np.argsort(sims, kind="stable")[: len(empty)]
-            sums[torch.from_numpy(empty)] = xt[torch.from_numpy(far)].double()
+            sums[torch.from_numpy(empty)] = xt[torch.from_numpy(far)]
             logger.info("k-means iteration %d: %d empty clusters re-seeded", it, len(empty))
         centroids = normalise(sums.numpy().astype(np.float32))
     return centroids

@@ -100,10 +100,6 @@ class Plan:
         raise CuratorError(f"plan has no input shard {stem}")
 
 
-def work_dir(output: str) -> str:
-    return storage.join(output, WORK)
-
-
 def plan_url(output: str) -> str:
     return storage.join(output, WORK, PLAN_NAME)
 
@@ -250,13 +246,15 @@ def make_plan(
         )
     inputs = [r[1] for r in read]
     schema = output_schema([r[0] for r in read], id_col, old_id_col) if read else None
-    outputs = assign_outputs(inputs, samples_per_shard)
-    if len(outputs) > 10**max_shards:
+    kept = sum(i.kept for i in inputs)
+    needed = -(-kept // samples_per_shard)
+    if needed > 10**max_shards:
         raise CuratorError(
-            f"{sum(i.kept for i in inputs)} kept records need {len(outputs)} output shards of "
-            f"{samples_per_shard}, more than max_shards={max_shards} digits allow "
-            f"({10**max_shards}); raise max_shards or samples_per_shard"
+            f"{kept} kept records need {needed} output shards of {samples_per_shard}, more than "
+            f"max_shards={max_shards} digits allow ({10**max_shards}); raise max_shards or "
+            f"samples_per_shard"
         )
+    outputs = assign_outputs(inputs, samples_per_shard)
     for o in outputs:
         o.name = shard_name(o.index, max_shards)
     if schema is None:

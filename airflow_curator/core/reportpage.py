@@ -108,12 +108,13 @@ def _grid(title: str, samples: list[Sample]) -> str:
 
 
 def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> str:
+    """Per step: tasks, records, failures, summed task seconds and records per task-second."""
     if not steps:
         return '<p class="muted">No run record (run.json): per-step throughput is unknown.</p>'
     rows = []
     for step, results in steps.items():
         records = sum(int(r.get("records") or r.get("samples") or 0) for r in results)
-        failures = sum(int(r.get("failures") or 0) for r in results)
+        failures = sum(int(r.get("failed") or r.get("failures") or 0) for r in results)
         seconds = sum(float(r.get("seconds") or 0) for r in results)
         rate = f"{records / seconds:.1f}" if seconds and records else "–"
         rows.append(

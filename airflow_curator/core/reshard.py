@@ -10,6 +10,7 @@ per output shard; ``commit`` checks those markers. Reading inputs lives in ``tar
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -168,6 +169,14 @@ def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[
     return pa.Table.from_arrays(columns, schema=schema).combine_chunks()
 
 
+def start_writeback(f: Any) -> None:
+    """Ask the kernel to start writing the file to disk now (Linux: DONTNEED starts writeback of
+    dirty pages and keeps them cached), so commit's flush later finds most of it done."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        f.flush()
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False) -> dict[str, Any]:
     """Write one output shard (tar, idx, parquet, then its marker); return the marker."""
     import hashlib
@@ -200,6 +209,7 @@ def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False)
                 new_ids.append(new)
                 old_ids.append(old)
         writer.close()
+        start_writeback(f)
     if len(new_ids) != out.records:
         raise ShardError(out.name, f"wrote {len(new_ids)} records, the plan says {out.records}")
     files = {"tar": {"name": out.name + ".tar", "size": writer.pos, "sha256": writer.sha256}}
@@ -238,8 +248,36 @@ def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
         cache.close()
 
 
-def reshard(plan_url: str, outputs: str | None = None, *, workers: int = 0) -> dict[str, Any]:
-    """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``."""
+def finished(plan: Plan, indexes: list[int]) -> dict[int, dict[str, Any]]:
+    """Output shards an earlier attempt finished for this same plan: its marker is there and
+    every file has the size the marker says (one listing, then only those markers)."""
+    try:
+        listing = {e.name: e.size for e in storage.list_files(plan.output)}
+    except FileNotFoundError:
+        return {}
+    digest = plan.digest
+    done: dict[int, dict[str, Any]] = {}
+    for i in indexes:
+        name = plan.outputs[i].name
+        if f"{name}.tar" not in listing:
+            continue
+        try:
+            marker = json.loads(storage.read_bytes(marker_url(plan.output, name)))
+        except FileNotFoundError:
+            continue
+        files = marker.get("files", {}).values()
+        if marker.get("plan") == digest and all(listing.get(f["name"]) == f["size"] for f in files):
+            done[i] = marker
+    return done
+
+
+def reshard(
+    plan_url: str, outputs: str | None = None, *, workers: int = 0, force: bool = False
+) -> dict[str, Any]:
+    """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``.
+
+    Shards a previous attempt finished for the same plan are skipped unless ``force``: a retried
+    task redoes only what is missing (rewriting would give the same bytes anyway)."""
     t0 = time.perf_counter()
     plan = load_plan(plan_url)
     wanted = parse_spec(outputs)
@@ -249,13 +287,17 @@ def reshard(plan_url: str, outputs: str | None = None, *, workers: int = 0) -> d
         raise CuratorError(
             f"outputs {format_spec(extra)} are not in the plan ({len(plan.outputs)} outputs)"
         )
-    n = min(workers or os.cpu_count() or 1, len(indexes))
-    chunks = [indexes[i * len(indexes) // n : (i + 1) * len(indexes) // n] for i in range(n)]
+    done = {} if force else finished(plan, indexes)
+    if done:
+        logger.info("%d output shards are already written for this plan: skipped", len(done))
+    todo = [i for i in indexes if i not in done]
+    n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
     # one writer alone on a multi-core machine hashes in a second thread
     alone = n == 1 and (os.cpu_count() or 1) > 1
     tasks = [(plan_url, c, alone) for c in chunks if c]
-    progress = Progress("reshard", len(indexes), logger=logger)
-    markers: list[dict[str, Any]] = []
+    progress = Progress("reshard", len(todo), logger=logger)
+    markers: list[dict[str, Any]] = list(done.values())
     local = storage.is_local(plan.output) and "fork" in multiprocessing.get_all_start_methods()
     if len(tasks) <= 1:
         results: Any = map(_write_many, tasks)
@@ -286,6 +328,8 @@ def reshard(plan_url: str, outputs: str | None = None, *, workers: int = 0) -> d
         "plan": plan_url,
         "outputs": format_spec(indexes),
         "shards": len(markers),
+        "written": len(markers) - len(done),
+        "skipped": len(done),
         "records": sum(m["records"] for m in markers),
         "bytes": nbytes,
         "seconds": round(seconds, 3),

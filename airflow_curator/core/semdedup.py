@@ -20,6 +20,7 @@ from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.exactdup import exact_duplicates, read_part_hashes
 from airflow_curator.core.kmeans import Centroids, load_centroids, pick_device
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.shardspec import format_spec
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def near_duplicates(x: Any, eps: float, block: int = 2048, device: str = "cpu") 
     if n < 2:
         return dup_of, sims
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    side = min(block, n)
+    upper = torch.ones((side, side), dtype=torch.bool, device=device).triu_()
     for a in range(0, n, block):
         b = min(a + block, n)
         best = torch.full((b - a,), -np.inf, device=device)
@@ -46,10 +49,8 @@ def near_duplicates(x: Any, eps: float, block: int = 2048, device: str = "cpu") 
         for c in range(0, b, block):
             d = min(c + block, b)
             s = xt[a:b] @ xt[c:d].T
-            if d > a:  # the diagonal block: only strictly higher-ranked columns count
-                rows = torch.arange(a, b, device=device)[:, None]
-                cols = torch.arange(c, d, device=device)[None, :]
-                s = s.masked_fill(cols >= rows, -np.inf)
+            if c == a:  # the diagonal block: only strictly higher-ranked columns count
+                s.masked_fill_(upper[: b - a, : d - c], -np.inf)
             m, am = s.max(dim=1)
             better = m > best
             best = torch.where(better, m, best)
@@ -133,10 +134,21 @@ def dups_table(rows: list[tuple]) -> Any:
     })  # fmt: skip
 
 
+def check_complete(shards: set[int], files: list[tuple[int, str]], what: str, step: str) -> None:
+    """Every annotated shard must have its file: a missing one would pass as all unique."""
+    if not files:
+        raise CuratorError(f"no {what}: run {step} first")
+    missing = shards - {n for n, _ in files}
+    if missing:
+        spec = format_spec(missing)
+        raise CuratorError(f"shards {spec} have no {what}: run {step} --shards {spec}")
+
+
 def dedup_clusters(
     output: str,
     clusters: str | None = None,
     *,
+    annotations: str | None = None,
     eps: float = 0.01,
     block: int = 2048,
     exact: str = "auto",
@@ -153,14 +165,16 @@ def dedup_clusters(
     cent = load_centroids(output)
     parts = cent.parts.select(clusters)
     device = pick_device(device)
+    shards = {n for n, _ in ds.shard_files(annotations or ds.annotations_url(output))}
     files = ds.shard_files(ds.folder_url(output, "assign"))
-    if not files:
-        raise CuratorError(f"{ds.folder_url(output, 'assign')}: no assignments: run dedup-assign")
+    check_complete(shards, files, "assignments", "dedup-assign")
     hash_files = ds.shard_files(ds.folder_url(output, "hash")) if exact != "off" else []
     if exact == "on" and not hash_files:
         raise CuratorError(
             f"--exact on: {ds.folder_url(output, 'hash')} has no hashes: run dedup-hash"
         )
+    if hash_files:
+        check_complete(shards, hash_files, "hashes", "dedup-hash")
     totals = {"records": 0, "semantic": 0, "exact": 0, "largest_cluster": 0}
     progress = Progress("dedup", len(parts), unit="parts", logger=logger)
     for part in parts:

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 ZEROS = bytes(BLOCK)
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 IOV_MAX = 1024
+WRITE_BATCH = 8 << 20  # bytes gathered before a writev
+HASH_BATCH = 512  # buffers per hand-over to the hashing thread
 MAX_OCTAL_SIZE = 8**11 - 1  # what 11 octal digits hold; larger sizes use GNU base-256
 
 
@@ -84,10 +86,10 @@ def header(name: str, size: int) -> bytes:
 class TarWriter:
     """Appends members to a binary file; keeps the members (for the ``.idx``) and a sha256.
 
-    A record's headers, data and padding go out in one ``writev`` straight from the caller's
-    buffers (memory-mapped input), so member bytes are never copied in Python. ``hash_thread``
-    computes the sha256 in a second thread: worth it when this is the only writer on the
-    machine (it costs some CPU in thread hand-offs).
+    Headers, data and padding of several records go out in one ``writev`` straight from the
+    caller's buffers (memory-mapped input), so member bytes are never copied in Python.
+    ``hash_thread`` computes the sha256 in a second thread: worth it when this is the only
+    writer on the machine (thread hand-offs cost some CPU).
     """
 
     def __init__(self, f: IO[bytes], *, checksum: bool = True, hash_thread: bool = False) -> None:
@@ -97,8 +99,11 @@ class TarWriter:
         self.sha = hashlib.sha256() if checksum else None
         self._hashing: queue.Queue[list[bytes | memoryview] | None] | None = None
         self._hasher: threading.Thread | None = None
+        self._pending: list[bytes | memoryview] = []
+        self._out: list[bytes | memoryview] = []
+        self._out_bytes = 0
         if checksum and hash_thread:  # sha256 releases the GIL: hash while this thread writes
-            self._hashing = queue.Queue(maxsize=4096)
+            self._hashing = queue.Queue(maxsize=8)  # bounds memory held for hashing
             self._hasher = threading.Thread(target=self._hash_loop, daemon=True)
             self._hasher.start()
         self.fd: int | None = None
@@ -111,7 +116,7 @@ class TarWriter:
             self.fd = fd
 
     def add_record(self, items: list[tuple[str, bytes | memoryview]]) -> None:
-        """Write members (a record's, in the given order) with one system call."""
+        """Write members (a record's, in the given order); written in batches of records."""
         bufs: list[bytes | memoryview] = []
         pos = self.pos
         for name, data in items:
@@ -134,7 +139,10 @@ class TarWriter:
 
     def _write(self, bufs: list[bytes | memoryview], total: int) -> None:
         if self._hashing is not None:
-            self._hashing.put(bufs)
+            self._pending.extend(bufs)  # hand over in batches: fewer thread wake-ups
+            if len(self._pending) >= HASH_BATCH:
+                self._hashing.put(self._pending)
+                self._pending = []
         elif self.sha is not None:
             for b in bufs:
                 self.sha.update(b)
@@ -142,14 +150,21 @@ class TarWriter:
             for b in bufs:
                 self.f.write(b)
             return
+        self._out.extend(bufs)  # several records per system call
+        self._out_bytes += total
+        if len(self._out) >= IOV_MAX or self._out_bytes >= WRITE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        bufs, self._out, self._out_bytes = self._out, [], 0
         for i in range(0, len(bufs), IOV_MAX):
             chunk = bufs[i : i + IOV_MAX]
-            want = total if len(bufs) <= IOV_MAX else sum(len(b) for b in chunk)
-            done = os.writev(self.fd, chunk)
+            want = sum(len(b) for b in chunk)
+            done = os.writev(self.fd, chunk)  # type: ignore[arg-type]
             if done < want:  # short write (rare on files): finish it plainly
                 rest = memoryview(b"".join(chunk))[done:]
                 while rest:
-                    rest = rest[os.write(self.fd, rest) :]
+                    rest = rest[os.write(self.fd, rest) :]  # type: ignore[arg-type]
 
     def _hash_loop(self) -> None:
         assert self._hashing is not None and self.sha is not None
@@ -160,6 +175,9 @@ class TarWriter:
 
     def _stop_hashing(self) -> None:
         if self._hasher is not None and self._hashing is not None:
+            if self._pending:
+                self._hashing.put(self._pending)
+                self._pending = []
             self._hashing.put(None)
             self._hasher.join()
             self._hasher = None
@@ -168,6 +186,8 @@ class TarWriter:
         """End-of-archive marker (two zero blocks); waits for the checksum."""
         self._write([END_OF_ARCHIVE], len(END_OF_ARCHIVE))
         self.pos += len(END_OF_ARCHIVE)
+        if self._out:
+            self._flush()
         self._stop_hashing()
 
     def __del__(self) -> None:

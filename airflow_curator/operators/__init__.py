@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airflow_curator.operators.base import CuratorOperator
+from airflow_curator.operators.report import CurationReportLink, CurationReportOperator
 from airflow_curator.operators.steps import (
     CommitOperator,
     GpuAnnotateOperator,
@@ -15,6 +16,8 @@ from airflow_curator.operators.steps import (
 
 __all__ = [
     "CommitOperator",
+    "CurationReportLink",
+    "CurationReportOperator",
     "CuratorOperator",
     "GpuAnnotateOperator",
     "IndexShardsOperator",

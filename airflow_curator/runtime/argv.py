@@ -35,6 +35,10 @@ def build_argv(step: str, options: Mapping[str, Any], result_json: str | None = 
             elif value:
                 argv.append(flag)
             continue
+        if isinstance(action, argparse._StoreFalseAction):  # e.g. --no-count: count=False
+            if not value:
+                argv.append(flag)
+            continue
         if isinstance(value, (list, tuple)):
             for v in value:
                 argv += [flag, _text(v)]

@@ -97,3 +97,17 @@ def test_marker_from_another_plan_is_refused(planned):
     p2 = plan_reshard(src, str(out), "keep", samples_per_shard=2)
     with pytest.raises(ShardError, match="written for another plan"):
         commit(p2["plan"])
+
+
+def test_rerun_skips_finished_shards_and_redoes_broken_ones(planned):
+    _, out, p = planned
+    first = reshard(p["plan"])
+    assert (first["written"], first["skipped"]) == (3, 0)
+    tar1 = out / "00001.tar"
+    tar1.write_bytes(tar1.read_bytes()[:-1024])  # a broken file: redone on the next attempt
+    mtime0 = (out / "00000.tar").stat().st_mtime_ns
+    again = reshard(p["plan"])
+    assert (again["written"], again["skipped"], again["records"]) == (1, 2, 6)
+    assert (out / "00000.tar").stat().st_mtime_ns == mtime0
+    commit(p["plan"], verify_hashes=True)
+    assert reshard(p["plan"], "0", force=True)["written"] == 1

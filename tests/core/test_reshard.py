@@ -17,7 +17,26 @@ from airflow_curator.core.index import build_index, index_dataset
 from airflow_curator.core.plan import load_plan, plan_reshard
 from airflow_curator.core.reshard import reshard
 from airflow_curator.core.sample import write_sample_dataset
-from tests.core.test_index import dali_read
+
+
+def dali_read(tar: str, idx: str, exts: list[str]) -> list[tuple[bytes, ...]]:
+    """Every sample of ``tar`` through a DALI CPU pipeline that uses our ``.idx``."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        return tuple(
+            fn.readers.webdataset(
+                paths=[tar], index_paths=[idx], ext=exts, missing_component_behavior="error"
+            )
+        )
+
+    p = pipe()
+    p.build()
+    with open(idx) as f:
+        n = int(f.readline().split()[1])
+    return [tuple(bytes(o.as_array()[0]) for o in p.run()) for _ in range(n)]
 
 
 def add_filter(path: str, keep, shuffle_seed: int | None = None) -> dict[str, bool]:
@@ -307,3 +326,17 @@ def test_one_output_from_many_inputs_in_input_order(tmp_path):
     table = pq.read_table(os.path.join(out, "00000.parquet"))
     assert table["old"].to_pylist() == [i for i in ids if not i.endswith("1")]
     assert table["key"].to_pylist() == [f"00000{k:02d}" for k in range(10)]
+
+
+def test_metadata_folder_and_input_subset(src, tmp_path):
+    import shutil
+
+    path, _, decided = src
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    shutil.copy(os.path.join(path, "00001.parquet"), meta / "00001.parquet")
+    with pytest.raises(ShardError, match=r"shard 00000: metadata .*00000\.parquet does not exist"):
+        plan_reshard(path, str(tmp_path / "o"), "keep", metadata=str(meta))
+    planned = plan_reshard(path, str(tmp_path / "o"), "keep", metadata=str(meta), shards="1")
+    assert planned["input_shards"] == 1
+    assert planned["records"] == sum(k for i, k in decided.items() if i[:5] == "00001")

@@ -164,3 +164,21 @@ def test_gpu_gives_the_cpu_result(tmp_path):
     write_annotation_sample(out + "/_work/annotations", shards=2, records_per_shard=80, seed=2)
     r = fit_centroids(out, n_clusters=6, parts=2, device="cuda")
     assert r["n_clusters"] == 6
+
+
+def test_dedup_refuses_a_stage_with_shards_not_assigned_or_hashed(tmp_path):
+    out = str(tmp_path / "o")
+    write_annotation_sample(out + "/_work/annotations", shards=3, records_per_shard=30, seed=8)
+    fit_centroids(out, n_clusters=4, parts=2, device="cpu")
+    assign_shards(out, "0-1", device="cpu")
+    with pytest.raises(CuratorError, match="shards 2 have no assignments: run dedup-assign"):
+        dedup_clusters(out, device="cpu")
+    assign_shards(out, "2", device="cpu")
+    os.makedirs(out + "/_work/dedup/hash")
+    with pytest.raises(CuratorError, match=r"--exact on: .* has no hashes"):
+        dedup_clusters(out, exact="on", device="cpu")
+    # some hashes but not all: an error, not a silently partial exact pass
+    os.link(out + "/_work/dedup/assign/00000.parquet", out + "/_work/dedup/hash/00000.parquet")
+    with pytest.raises(CuratorError, match="shards 1-2 have no hashes: run dedup-hash"):
+        dedup_clusters(out, device="cpu")
+    assert dedup_clusters(out, exact="off", device="cpu")["exact_pass"] is False

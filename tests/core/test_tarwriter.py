@@ -81,3 +81,19 @@ def test_hash_thread_gives_the_same_checksum(tmp_path):
     data = path.read_bytes()
     assert data == write(MEMBERS)[0]
     assert w.sha256 == write(MEMBERS)[1].sha256
+
+
+def test_batched_writes_to_a_file_equal_the_plain_writes(tmp_path):
+    records = [
+        [(f"{i:09d}.{ext}", bytes([i % 256]) * (i % 700)) for ext in ("jpg", "json", "txt")]
+        for i in range(900)  # > IOV_MAX buffers per batch
+    ]
+    path = tmp_path / "t.tar"
+    with open(path, "wb") as f:
+        w = TarWriter(f)
+        for r in records:
+            w.add_record(r)
+        w.close()
+    expected, plain = write([m for r in records for m in r])
+    assert path.read_bytes() == expected
+    assert w.sha256 == plain.sha256 and w.pos == len(expected)

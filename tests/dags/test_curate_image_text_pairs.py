@@ -66,6 +66,7 @@ def load_dag_module():
 pytestmark = [pytest.mark.integration]
 
 
+@pytest.mark.slow
 def test_dag_imports_and_has_cli_named_params(report):
     assert report["import_errors"] == {}
     assert set(report["params"]) >= CLI_PARAMS
@@ -91,13 +92,31 @@ def test_first_run_curates_over_mapped_groups(report):
     stems = [f"{i:05d}" for i in range(commit["shards"])]
     assert names == sorted(
         [f"{s}.{e}" for s in stems for e in ("idx", "parquet", "tar")]
-        + ["_SUCCESS", "_manifest.json"]
+        + ["_SUCCESS", "_manifest.json", "report.html"]
     )
     rows = sum(pq.read_metadata(os.path.join(out, f"{s}.parquet")).num_rows for s in stems)
     assert rows == kept
     with tarfile.open(os.path.join(out, f"{stems[0]}.tar")) as tar:
         keys = {m.name.split(".")[0] for m in tar.getmembers()}
     assert keys == {record_id(0, i, 5, 5) for i in range(len(keys))}  # samples_per_shard=5
+
+
+@pytest.mark.slow
+def test_report_task_writes_and_links_the_page(report):
+    run = report["first"]
+    result = run["xcom"]["report[-1].return_value"]
+    out = run["output"]
+    assert result["report"] == os.path.join(out, "report.html")
+    assert result["output_records"] == run["xcom"]["commit[-1].return_value"]["records"]
+    assert result["records"] == len(report["ids"])
+    with open(os.path.join(out, "_work", "run.json")) as f:
+        record = json.load(f)
+    assert record["params"]["min_clip_score"] == 0.0
+    assert len(record["steps"]["annotate"]) == 3 and record["steps"]["commit"][0]["records"] > 0
+    with open(result["report"], encoding="utf-8") as f:
+        page = f.read()
+    assert "min 0" in page and page.count('src="data:image/jpeg;base64,') >= 6
+    assert "<td>annotate</td><td>3</td>" in page and "<td>save_metadata</td>" in page
 
 
 @pytest.mark.slow
@@ -119,8 +138,9 @@ def test_rerun_redoes_nothing_and_changes_no_byte(report):
         assert rerun["xcom"][f"index[{i}].return_value"]["written"] == 0
         annotated = rerun["xcom"][f"annotate[{i}].return_value"]
         assert annotated["annotated"] == 0 and annotated["skipped"] == 1
-    digests = {name: v[0] for name, v in first["files"].items()}
-    assert {name: v[0] for name, v in rerun["files"].items()} == digests
+    # report.html describes each run (its task times and XComs); the dataset must not change
+    digests = {name: v[0] for name, v in first["files"].items() if name != "report.html"}
+    assert {n: v[0] for n, v in rerun["files"].items() if n != "report.html"} == digests
     assert (
         rerun["xcom"]["commit[-1].return_value"]["records"]
         == (first["xcom"]["commit[-1].return_value"]["records"])
@@ -169,3 +189,50 @@ def test_params_validate_form_input():
             params.get_param(name).resolve(bad)
     assert params.get_param("min_clip_score").resolve(None) is None
     assert params.get_param("gpus").resolve(2) == 2
+
+
+def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
+    import kubernetes_validate
+    from kubernetes.client import ApiClient
+
+    from airflow_curator.operators.base import GPU_RESOURCE, XCOM_RESULT, CuratorOperator
+
+    dag = load_dag_module().dag
+    params = {k: dag.params[k] for k in dag.params}
+    params.update(execution="kubernetes", model="ViT-B-32", gpus=2, min_clip_score=0.3)
+    groups = {"shards": "0-3", "label": "00000-00003"}, {"outputs": "0", "label": "00000"}
+    context = {"params": params, "ds": "2026-03-01", "dag_run": SimpleNamespace(run_after=None)}
+    steps = {}
+    for task in dag.tasks:
+        if hasattr(task, "unmap"):  # mapped: what the worker builds for one group
+            group = groups[1] if task.task_id == "reshard" else groups[0]
+            task = task.unmap({"shard_group": group})
+        assert isinstance(task, CuratorOperator)
+        task.render_template_fields({**context, "task": task})
+        assert task.execution_mode() == "kubernetes"
+        pod = ApiClient().sanitize_for_serialization(task.build_pod_request_obj(dry_run=True))
+        kubernetes_validate.validate(
+            pod, desired_version=kubernetes_validate.latest_version(), strict=True
+        )
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[-2:] == ["--result-json", XCOM_RESULT]
+        steps[args[0]] = (args, pod["spec"]["containers"][0].get("resources") or {})
+    assert set(steps) == {
+        "discover",
+        "index",
+        "annotate",
+        "save-metadata",
+        "plan-reshard",
+        "reshard",
+        "commit",
+        "report",
+    }
+    annotate, resources = steps["annotate"]
+    assert resources["limits"][GPU_RESOURCE] == "2"
+    assert annotate[annotate.index("--dataset") + 1] == params["drops"] + "/2026-03-01"
+    assert annotate[annotate.index("--shards") + 1] == "0-3"
+    assert "--weights" not in annotate  # an empty form field: the model's pinned weights
+    merge = steps["save-metadata"][0]
+    assert merge[merge.index("--min-clip-score") + 1] == "0.3"
+    assert "--min-aesthetic" not in merge
+    assert steps["reshard"][0][steps["reshard"][0].index("--outputs") + 1] == "0"

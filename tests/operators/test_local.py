@@ -153,3 +153,42 @@ def test_runner_reports_the_last_error_line(tmp_path):
         runner.run(["discover", "--dataset", str(tmp_path / "missing")])
     assert e.value.returncode == 1
     assert e.value.reason.startswith("airflow-curator discover: error:")
+
+
+def test_store_false_flags_follow_their_value(sample_dataset):
+    path, _ = sample_dataset
+    off = ShardDiscoveryOperator(task_id="d", dataset=path, options={"count": False})
+    on = ShardDiscoveryOperator(task_id="d", dataset=path, options={"count": "true"})
+    assert off.argv() == ["discover", "--dataset", path, "--no-count"]
+    assert on.argv() == ["discover", "--dataset", path]
+
+
+def test_kill_stops_the_step_process(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from airflow_curator.operators import local
+
+    (tmp_path / "sleepy_step.py").write_text(
+        "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
+    )
+    monkeypatch.setattr(local, "CLI_MODULE", "sleepy_step")
+    runner = LocalRunner()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run(["index"], env={"PYTHONPATH": str(tmp_path)})
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    t0 = time.monotonic()
+    thread.start()
+    while runner.proc is None and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    runner.kill()
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - t0 < 20
+    assert isinstance(errors[0], StepFailed) and errors[0].returncode < 0

@@ -225,3 +225,33 @@ def test_operators_map_over_groups():
     mapped = dag.get_task("annotate")
     assert mapped.partial_kwargs["gpus"] == 2
     assert mapped.expand_input.value["shard_group"][1]["shards"] == "8-9"
+
+
+def test_kubernetes_mode_returns_the_sidecar_result(monkeypatch):
+    """The pod's result (read by the XCom sidecar) goes through the same finish as local mode,
+    deferred or not: discover returns its groups for mapping and keeps the rest in XCom."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    from airflow_curator.operators.base import RESULT_KEY
+
+    result = {"shards": 2, "groups": [GROUP]}
+    monkeypatch.setattr(KubernetesPodOperator, "execute", lambda self, context: dict(result))
+    monkeypatch.setattr(
+        KubernetesPodOperator, "trigger_reentry", lambda self, context, event: dict(result)
+    )
+
+    class TI:
+        def __init__(self):
+            self.pushed = {}
+
+        def xcom_push(self, key, value):
+            self.pushed[key] = value
+
+    op = make("discover")
+    ti = TI()
+    assert op.execute({"ti": ti}) == [GROUP]
+    assert ti.pushed[RESULT_KEY] == result
+    assert op.trigger_reentry({"ti": TI()}, {"status": "success"}) == [GROUP]
+    with pytest.raises(Exception, match="returned no JSON object"):
+        monkeypatch.setattr(KubernetesPodOperator, "execute", lambda self, context: None)
+        op.execute({"ti": ti})

@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--clusters",
         help="cluster ids, whole groups as dedup-fit returned them, e.g. 0-62 (default: all)",
     )
+    p.add_argument("--annotations", help="annotations folder (default: OUTPUT/_work/annotations)")
     p.add_argument("--eps", type=float, default=0.01, help="duplicates: similarity > 1 - eps")
     p.add_argument("--block", type=int, default=2048, help="rows per similarity block")
     p.add_argument(
@@ -33,6 +34,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from airflow_curator.core.semdedup import dedup_clusters
 
     return dedup_clusters(
-        args.output, args.clusters, eps=args.eps, block=args.block, exact=args.exact,
-        device=args.device,
+        args.output, args.clusters, annotations=args.annotations, eps=args.eps,
+        block=args.block, exact=args.exact, device=args.device,
     )  # fmt: skip

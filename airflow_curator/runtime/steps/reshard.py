@@ -20,9 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="parallel writers (0: one per CPU, at most the number of output shards)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rewrite output shards an earlier attempt already finished for this plan",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from airflow_curator.core.reshard import reshard
 
-    return reshard(args.plan, args.outputs, workers=args.workers)
+    return reshard(args.plan, args.outputs, workers=args.workers, force=args.force)
