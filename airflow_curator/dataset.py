@@ -54,15 +54,17 @@ class ImageTextPairDataset:
         path: str | None = None,
         columns: list[str] | None = None,
         *,
-        annotations: str | None = None,
+        annotations: str | list[str] | None = None,
         min_aesthetic: float | None = None,
         max_nsfw: float | None = None,
         min_clip_score: float | None = None,
+        require: tuple[str, ...] = (),
         filter_column: str = "passes_curation",
     ) -> dict[str, Any]:
         """Write each shard's metadata to ``path`` (default: replace the dataset's own Parquet,
-        atomically), joined by id with ``annotations`` (a folder of ``NNNNN.parquet``) when
-        given; ``columns`` keeps a subset (the id always); thresholds write ``filter_column``."""
+        atomically), joined by id with ``annotations`` (folders of ``NNNNN.parquet``) when
+        given; ``columns`` keeps a subset (the id always); thresholds and ``require`` (boolean
+        columns such as ``is_unique``) write ``filter_column``."""
         from airflow_curator.core.merge import Thresholds, save_metadata
 
         result = save_metadata(
@@ -71,7 +73,7 @@ class ImageTextPairDataset:
             path=path,
             columns=columns,
             id_col=self.id_col,
-            thresholds=Thresholds(min_aesthetic, max_nsfw, min_clip_score),
+            thresholds=Thresholds(min_aesthetic, max_nsfw, min_clip_score, tuple(require)),
             filter_column=filter_column,
         )
         if path is None:  # the Parquet changed under us: reload lazily

@@ -1,6 +1,9 @@
 """Curate an image-text WebDataset drop: annotate, filter and reshard it into a new dataset.
 
-discover -> index[group] -> annotate[group] -> save_metadata[group] -> plan_reshard
+discover -> index[group] -> annotate[group]
+         -> dedup_fit -> dedup_assign/dedup_hash[group] -> dedup[cluster group]
+         -> dedup_result[group] (the ``dedup`` param; skipped when off)
+         -> save_metadata[group] -> plan_reshard
          -> reshard[output group] -> commit (emits the ``curated_image_text_pairs`` asset event)
          -> report (``<output>/report.html``)
 
@@ -29,11 +32,16 @@ from airflow.sdk import DAG, Asset, Param
 from airflow_curator.operators import (
     CommitOperator,
     CurationReportOperator,
+    DedupAssignOperator,
+    DedupFitOperator,
+    DedupHashOperator,
+    DedupResultOperator,
     GpuAnnotateOperator,
     IndexShardsOperator,
     PlanReshardOperator,
     ReshardOperator,
     SaveMetadataOperator,
+    SemanticDedupOperator,
     ShardDiscoveryOperator,
 )
 
@@ -133,6 +141,22 @@ with DAG(
         "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
         "gpus": Param(1, type="integer", minimum=0, maximum=16, description="GPUs per pod"),
+        "dedup": Param(
+            True,
+            type="boolean",
+            description="Drop near-duplicate images (SemDedup on the CLIP embeddings) and exact "
+            "duplicates (same bytes): keeps the highest aesthetic score of each set",
+        ),
+        "dedup_eps": Param(
+            0.01,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Near-duplicates: cosine similarity above 1 - eps",
+        ),
+        "dedup_clusters": Param(
+            1000, type="integer", minimum=1, description="k-means clusters for SemDedup"
+        ),
         "group_bytes": Param(
             4 << 30,
             type="integer",
@@ -171,9 +195,36 @@ with DAG(
         **COMMON,
     ).expand(shard_group=groups)
 
+    # Deduplication stage, skipped when the dedup param is off.
+    dedup_on = _param("dedup")
+    dedup_fit = DedupFitOperator(
+        task_id="dedup_fit",
+        enabled=dedup_on,
+        options={"n_clusters": _param("dedup_clusters"), "device": _param("device")},
+        **COMMON,
+    )
+    dedup_assign = DedupAssignOperator.partial(
+        task_id="dedup_assign", map_index_template=SHARDS_LABEL, enabled=dedup_on, **COMMON
+    ).expand(shard_group=groups)
+    dedup_hash = DedupHashOperator.partial(
+        task_id="dedup_hash", map_index_template=SHARDS_LABEL, enabled=dedup_on, **COMMON
+    ).expand(shard_group=groups)
+    dedup = SemanticDedupOperator.partial(
+        task_id="dedup",
+        map_index_template="clusters {{ task.shard_group['label'] }}",
+        enabled=dedup_on,
+        options={"eps": _param("dedup_eps")},
+        **COMMON,
+    ).expand(shard_group=dedup_fit.output)
+    dedup_result = DedupResultOperator.partial(
+        task_id="dedup_result", map_index_template=SHARDS_LABEL, enabled=dedup_on, **COMMON
+    ).expand(shard_group=groups)
+
     save_metadata = SaveMetadataOperator.partial(
         task_id="save_metadata",
         map_index_template=SHARDS_LABEL,
+        dedup=dedup_on,
+        trigger_rule="none_failed",  # runs when the dedup stage was skipped
         options={
             name: _param(name)
             for name in ("min_aesthetic", "max_nsfw", "min_clip_score", "filter_column")
@@ -205,5 +256,8 @@ with DAG(
     # The page curators choose thresholds from: <output>/report.html, linked from the task.
     report = CurationReportOperator(task_id="report", **COMMON)
 
-    discover >> index >> annotate >> save_metadata >> plan >> reshard >> commit >> report
+    discover >> index >> annotate >> dedup_fit >> [dedup_assign, dedup_hash] >> dedup
+    dedup >> dedup_result >> save_metadata
+    annotate >> save_metadata
+    save_metadata >> plan >> reshard >> commit >> report
     plan >> commit

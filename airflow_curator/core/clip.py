@@ -158,6 +158,19 @@ class ClipModel:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def seconds_per_image(self, n: int = 4) -> float:
+        """Wall time of one warm image+caption through the model (after a warm-up batch)."""
+        import time
+
+        import torch
+
+        images = torch.zeros(n, 3, *self.image_size)
+        tokens = self.tokenize(["a photo"] * n)
+        self.encode(images, tokens)
+        t0 = time.perf_counter()
+        self.encode(images, tokens)
+        return (time.perf_counter() - t0) / n
+
     def tokenize(self, texts: list[str]) -> Any:
         return self.tokenizer(texts)
 

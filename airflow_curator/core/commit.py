@@ -158,8 +158,13 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     if sync:
         sync_outputs(plan)
     manifest_url = storage.join(plan.output, MANIFEST)
-    storage.write_bytes(manifest_url, manifest_json(plan, markers).encode())
-    storage.write_bytes(storage.join(plan.output, SUCCESS), b"")
+    manifest = manifest_json(plan, markers).encode()
+    success = storage.join(plan.output, SUCCESS)
+    if storage.exists(success) and storage.same_bytes(manifest_url, manifest):
+        logger.info("%s was already committed with this plan: nothing to write", plan.output)
+    else:
+        storage.write_bytes(manifest_url, manifest)
+        storage.write_bytes(success, b"")
     records = sum(m["records"] for m in markers)
     if not records:
         logger.warning("committed an empty dataset at %s: no record was kept", plan.output)

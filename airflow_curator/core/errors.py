@@ -15,6 +15,9 @@ class ShardError(CuratorError):
         self.reason = reason
         super().__init__(f"shard {shard}: {reason}")
 
+    def __reduce__(self):  # picklable: errors cross process pools
+        return (type(self), (self.shard, self.reason))
+
 
 class TarFormatError(CuratorError):
     """The bytes are not a readable tar archive at some offset."""

@@ -34,6 +34,7 @@ class Thresholds:
     min_aesthetic: float | None = None
     max_nsfw: float | None = None
     min_clip_score: float | None = None
+    require: tuple[str, ...] = ()  # boolean columns that must be true (e.g. dedup's is_unique)
 
     def rules(self) -> list[tuple[str, str, float]]:
         rules = [
@@ -44,7 +45,7 @@ class Thresholds:
         return [(c, op, v) for c, op, v in rules if v is not None]
 
     def any(self) -> bool:
-        return bool(self.rules())
+        return bool(self.rules() or self.require)
 
     def mask(self, table: Any, shard: str) -> Any:
         """Boolean array: null scores and records with an error never pass."""
@@ -57,9 +58,17 @@ class Thresholds:
                 raise ShardError(shard, f"no {column!r} column to apply a threshold to")
             cond = getattr(pc, op)(table.column(column), pa.scalar(value, pa.float64()))
             mask = pc.and_(mask, pc.fill_null(cond, False))
+        for column in self.require:
+            if column not in table.column_names:
+                raise ShardError(shard, f"no {column!r} column to require")
+            values = table.column(column)
+            if not pa.types.is_boolean(values.type):
+                raise ShardError(shard, f"required column {column!r} is {values.type}, not bool")
+            mask = pc.and_(mask, pc.fill_null(values, False))
         if ERROR_COLUMN in table.column_names:
             mask = pc.and_(mask, pc.is_null(table.column(ERROR_COLUMN)))
-        return pc.fill_null(mask, False).combine_chunks()
+        mask = pc.fill_null(mask, False)
+        return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
 
 
 def parquet_bytes(table: Any) -> bytes:
@@ -103,7 +112,7 @@ def join_annotations(base: Any, annotations: Any, id_col: str, shard: str) -> An
 
 def merge_shard(
     base: Any,
-    annotations: Any | None,
+    annotations: Any | list[Any] | None,
     *,
     id_col: str,
     shard: str,
@@ -114,8 +123,17 @@ def merge_shard(
     """The shard's merged metadata table: join, filter column, column subset."""
     if id_col not in base.column_names:
         raise ShardError(shard, f"metadata has no id column {id_col!r}")
-    table = base if annotations is None else join_annotations(base, annotations, id_col, shard)
-    with_filter = annotations is not None or thresholds.any()
+    sources = (
+        []
+        if annotations is None
+        else annotations
+        if isinstance(annotations, list)
+        else [annotations]
+    )
+    table = base
+    for ann in sources:  # e.g. the model scores, then the dedup result
+        table = join_annotations(table, ann, id_col, shard)
+    with_filter = bool(sources) or thresholds.any()
     if with_filter:
         mask = thresholds.mask(table, shard)
         if filter_column in table.column_names:
@@ -138,7 +156,7 @@ def merge_shard(
 def save_metadata(
     dataset: str,
     *,
-    annotations: str | None = None,
+    annotations: str | list[str] | None = None,
     path: str | None = None,
     columns: list[str] | None = None,
     id_col: str = "key",
@@ -147,7 +165,10 @@ def save_metadata(
     shards: str | None = None,
     workers: int = 8,
 ) -> dict[str, Any]:
-    """Merge and write each selected shard's metadata to ``path`` (default: in place)."""
+    """Merge and write each selected shard's metadata to ``path`` (default: in place).
+
+    ``annotations`` is one folder of ``NNNNN.parquet`` or several, joined in turn. A shard whose
+    merged bytes equal what is there already is not rewritten, so a rerun changes nothing."""
     import pyarrow.compute as pc
 
     t0 = time.perf_counter()
@@ -158,18 +179,22 @@ def save_metadata(
 
     def one(s: Any) -> dict[str, Any]:
         base = read_table(s.parquet, s.stem)
-        ann = None
-        if annotations is not None:
-            ann_url = storage.join(annotations, f"{s.stem}.parquet")
+        folders = [annotations] if isinstance(annotations, str) else list(annotations or [])
+        anns = []
+        for folder in folders:
+            ann_url = storage.join(folder, f"{s.stem}.parquet")
             if not storage.exists(ann_url):
                 raise ShardError(s.stem, f"annotations {ann_url} do not exist")
-            ann = read_table(ann_url, s.stem)
+            anns.append(read_table(ann_url, s.stem))
+        ann = anns if anns else None
         table = merge_shard(
             base, ann, id_col=id_col, shard=s.stem, columns=columns,
             thresholds=thresholds, filter_column=filter_column,
         )  # fmt: skip
         dest = storage.join(path, f"{s.stem}.parquet") if path is not None else s.parquet
-        storage.write_bytes(dest, parquet_bytes(table))
+        data = parquet_bytes(table)
+        if not storage.same_bytes(dest, data):
+            storage.write_bytes(dest, data)
         passed = None
         if filter_column in table.column_names and table.num_rows:
             passed = int(pc.sum(table.column(filter_column)).as_py() or 0)

@@ -156,9 +156,14 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def _same_place(a: str, b: str) -> bool:
-    norm = [posixpath.normpath(storage.local_path(x).rstrip("/")) for x in (a, b)]
-    return norm[0] == norm[1]
+def _check_apart(dataset: str, output: str) -> None:
+    """Refuse an output that is the input or inside it: commit sweeps shard-named files in the
+    output folder, and discovery of the input would pick the output's shards up."""
+    a, b = (posixpath.normpath(storage.local_path(x).rstrip("/")) for x in (dataset, output))
+    if a == b:
+        raise ValueError(f"output {output} is the input dataset: choose another folder")
+    if b.startswith(a + "/"):
+        raise ValueError(f"output {output} is inside the input dataset {dataset}")
 
 
 def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> tuple[Any, ...]:
@@ -229,8 +234,7 @@ def make_plan(
     offset_digits(samples_per_shard)  # validates >= 1
     if max_shards < 1:
         raise ValueError(f"max_shards must be >= 1, got {max_shards}")
-    if _same_place(dataset, output):
-        raise ValueError("the output folder must differ from the input dataset")
+    _check_apart(dataset, output)
     if old_id_col == id_col:
         raise ValueError(f"old_id_col must differ from the id column {id_col!r}")
     manifest = discover(dataset, count_records=False)
@@ -298,14 +302,19 @@ def plan_reshard(
     group_bytes: int = GROUP_BYTES,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Make and save the plan (atomically), drop a stale ``_SUCCESS``, return the output groups."""
+    """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
+    one already there), return the output groups."""
     plan = make_plan(dataset, output, filter_column, **kwargs)
     url = plan_url(output)
-    success = storage.join(output, SUCCESS)
-    if storage.exists(success):
-        logger.info("removing %s: the output is being rewritten", success)
-        storage.remove(success)
-    storage.write_bytes(url, plan.to_json().encode())
+    text = plan.to_json().encode()
+    if storage.same_bytes(url, text):  # a rerun: a committed output stays committed
+        logger.info("plan %s is unchanged", url)
+    else:
+        success = storage.join(output, SUCCESS)
+        if storage.exists(success):
+            logger.info("removing %s: the output is being rewritten", success)
+            storage.remove(success)
+        storage.write_bytes(url, text)
     kept = plan.records
     total = sum(i.rows for i in plan.inputs)
     message = f"{kept} of {total} records kept -> {len(plan.outputs)} output shards"

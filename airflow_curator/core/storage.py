@@ -216,6 +216,17 @@ def sync_file(url: str) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
+def same_bytes(url: str, data: bytes) -> bool:
+    """Whether ``url`` exists and holds exactly ``data`` (so a rerun need not rewrite it)."""
+    try:
+        fs, path = fs_and_path(url)
+        if fs.size(path) != len(data):
+            return False
+        return read_bytes(url) == data
+    except FileNotFoundError:
+        return False
+
+
 def copy_file(src: str, dst: str) -> None:
     with open_read(src) as fin, atomic_writer(dst) as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)

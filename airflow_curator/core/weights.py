@@ -101,8 +101,8 @@ def fetch(uri: str) -> str:
         try:
             storage.copy_file(uri, local)
         except FileNotFoundError:
-            raise WeightsError(f"weights {uri}: no such file") from None
-        except OSError as e:
+            raise WeightsError(f"weights {uri}: not found or not reachable") from None
+        except Exception as e:  # fsspec backends raise their own types (aiohttp, gcsfs, ...)
             raise WeightsError(f"weights {uri}: download failed: {e}") from e
     return local
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from airflow_curator.operators.base import CuratorOperator
+from airflow_curator.operators.dedup import (
+    DedupAssignOperator,
+    DedupFitOperator,
+    DedupHashOperator,
+    DedupResultOperator,
+    SemanticDedupOperator,
+)
 from airflow_curator.operators.report import CurationReportLink, CurationReportOperator
 from airflow_curator.operators.steps import (
     CommitOperator,
@@ -19,10 +26,15 @@ __all__ = [
     "CurationReportLink",
     "CurationReportOperator",
     "CuratorOperator",
+    "DedupAssignOperator",
+    "DedupFitOperator",
+    "DedupHashOperator",
+    "DedupResultOperator",
     "GpuAnnotateOperator",
     "IndexShardsOperator",
     "PlanReshardOperator",
     "ReshardOperator",
     "SaveMetadataOperator",
+    "SemanticDedupOperator",
     "ShardDiscoveryOperator",
 ]

@@ -38,7 +38,7 @@ DEFAULT_IMAGE = "airflow-curator-runtime:latest"
 XCOM_RESULT = f"{PodDefaults.XCOM_MOUNT_PATH}/return.json"
 GPU_RESOURCE = "nvidia.com/gpu"
 STEP_LABEL = "airflow-curator/step"
-GROUP_KEYS = ("shards", "outputs")
+GROUP_KEYS = ("shards", "outputs", "clusters")  # input, reshard output, dedup cluster groups
 RESULT_KEY = "result"
 # text around the label: a DAG rendering templates as native objects would turn "00000" into 0
 MAP_INDEX_TEMPLATE = "shards {{ (task.shard_group or {}).get('label', '') }}"
@@ -150,7 +150,7 @@ class CuratorOperator(KubernetesPodOperator):
             k: v for k, v in self.layout_options().items() if k in actions and v not in (None, "")
         }
         group = self.shard_group
-        if group:  # input groups carry "shards", reshard's output groups "outputs"
+        if group:  # see GROUP_KEYS
             if not isinstance(group, Mapping):
                 raise AirflowFailException(f"shard_group must be a mapping, not {group!r}")
             for key in GROUP_KEYS:

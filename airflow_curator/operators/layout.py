@@ -31,3 +31,8 @@ def metadata_url(output: str) -> str:
 
 def plan_url(output: str) -> str:
     return join(output, WORK, "reshard-plan.json")
+
+
+def dedup_result_url(output: str) -> str:
+    """Per-shard ``is_unique``/``duplicate_of`` from dedup-result (merged like annotations)."""
+    return join(output, WORK, "dedup", "result")

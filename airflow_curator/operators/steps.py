@@ -51,16 +51,28 @@ class SaveMetadataOperator(CuratorOperator):
     """Join the annotations into per-shard metadata Parquet with the curation filter column.
 
     Writes to ``<output>/_work/metadata`` so the input dataset is never modified; pass
-    ``options={"path": None}`` to replace the dataset's own Parquet instead."""
+    ``options={"path": None}`` to replace the dataset's own Parquet instead. With ``dedup``
+    (templated, e.g. ``{{ params.dedup }}``) the dedup stage's ``is_unique`` column is merged too
+    and required to pass."""
 
     step = "save-metadata"
+    template_fields = (*CuratorOperator.template_fields, "dedup")
+
+    def __init__(self, *, dedup: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dedup = dedup
 
     def layout_options(self) -> dict[str, Any]:
         if not self.output_uri:
             return {"dataset": self.dataset}
+        dedup = str(self.dedup).strip().lower() in ("true", "1", "yes", "on")
+        annotations = [layout.annotations_url(self.output_uri)]
+        if dedup:
+            annotations.append(layout.dedup_result_url(self.output_uri))
         return {
             "dataset": self.dataset,
-            "annotations": layout.annotations_url(self.output_uri),
+            "annotations": annotations,
+            "require": ["is_unique"] if dedup else None,
             "path": layout.metadata_url(self.output_uri),
         }
 

@@ -1,1 +1,1 @@
-"""The ``airflow-curator`` command line that pods and local subprocesses run. Depends on core only."""
+"""The ``airflow-curator`` command line that pods and local subprocesses run (core only)."""

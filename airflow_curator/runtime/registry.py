@@ -41,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name in STEPS:
         module = step_module(name)
         p = sub.add_parser(
-            name, help=module.HELP, description=module.HELP,
+            name,
+            help=module.HELP,
+            description=module.HELP,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(p)
         p.add_argument(
-            "--result-json", metavar="PATH",
+            "--result-json",
+            metavar="PATH",
             help="write the step's JSON result here (a pod uses /airflow/xcom/return.json); "
             "default: standard output",
         )

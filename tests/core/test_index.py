@@ -150,8 +150,9 @@ def test_truncated_tar_fails_with_shard(tmp_path):
     write_sample_dataset(ds, shards=2, records_per_shard=4, image_bytes=1000)
     raw = (tmp_path / "00001.tar").read_bytes()
     (tmp_path / "00001.tar").write_bytes(raw[:3000])
-    with pytest.raises(ShardError, match=r"shard 00001: .*truncated"):
-        index_dataset(ds, workers=1)
+    for workers in (1, 2):  # in a process pool too: the error must cross it whole
+        with pytest.raises(ShardError, match=r"shard 00001: .*truncated"):
+            index_dataset(ds, workers=workers)
     assert not (tmp_path / "00001.idx").exists()
 
 

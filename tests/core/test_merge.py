@@ -154,3 +154,60 @@ def test_thresholds_without_annotations_and_null_scores():
     assert "passes_curation" not in plain.column_names
     with pytest.raises(ShardError, match="no 'nsfw_score' column"):
         merge_shard(base, None, id_col="key", shard="0", thresholds=Thresholds(max_nsfw=0.5))
+
+
+def test_several_annotation_folders_and_a_required_column(tmp_path):
+    """The dedup result merges like any annotation, and ``require`` folds it into the filter."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_curator.core.merge import Thresholds, save_metadata
+    from airflow_curator.core.sample import write_sample_dataset
+
+    ids = write_sample_dataset(str(tmp_path / "in"), shards=1, records_per_shard=4)
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "dedup").mkdir()
+    pq.write_table(
+        pa.table(
+            {"key": ids[::-1], "aesthetic_score": pa.array([6.0, 2.0, 7.0, 8.0], pa.float32())}
+        ),
+        tmp_path / "scores/00000.parquet",
+    )
+    pq.write_table(
+        pa.table({"key": ids, "is_unique": [True, False, None, True]}),
+        tmp_path / "dedup/00000.parquet",
+    )
+    result = save_metadata(
+        str(tmp_path / "in"),
+        annotations=[str(tmp_path / "scores"), str(tmp_path / "dedup")],
+        path=str(tmp_path / "meta"),
+        thresholds=Thresholds(min_aesthetic=5.0, require=("is_unique",)),
+    )
+    table = pq.read_table(tmp_path / "meta/00000.parquet")
+    # ids reversed in the scores: 8.0, 7.0, 2.0, 6.0 by dataset order; unique: T, F, null, T
+    assert table.column("passes_curation").to_pylist() == [True, False, False, True]
+    assert result["passed"] == 2
+    before = (tmp_path / "meta/00000.parquet").stat().st_mtime_ns
+    save_metadata(
+        str(tmp_path / "in"),
+        annotations=[str(tmp_path / "scores"), str(tmp_path / "dedup")],
+        path=str(tmp_path / "meta"),
+        thresholds=Thresholds(min_aesthetic=5.0, require=("is_unique",)),
+    )
+    assert (tmp_path / "meta/00000.parquet").stat().st_mtime_ns == before  # not rewritten
+
+
+def test_merging_a_result_without_error_column_or_thresholds(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_curator.core.merge import save_metadata
+    from airflow_curator.core.sample import write_sample_dataset
+
+    ids = write_sample_dataset(str(tmp_path / "in"), shards=1, records_per_shard=3)
+    (tmp_path / "dedup").mkdir()
+    pq.write_table(
+        pa.table({"key": ids, "is_unique": [True, False, True]}), tmp_path / "dedup/00000.parquet"
+    )
+    result = save_metadata(str(tmp_path / "in"), annotations=str(tmp_path / "dedup"))
+    assert result["passed"] == 3  # no thresholds and no errors: every record passes

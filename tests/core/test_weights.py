@@ -35,7 +35,7 @@ def test_url_is_fetched_once_into_the_cache(tmp_path, monkeypatch):
     assert Path(got.path).read_bytes() == b"abc"
     fs.pipe("/bucket/models/head.pth", b"changed")  # cached copy is reused, and checked
     assert resolve("memory://bucket/models/head.pth").path == got.path
-    with pytest.raises(WeightsError, match="no such file"):
+    with pytest.raises(WeightsError, match="not found or not reachable"):
         resolve("memory://bucket/models/nothing.pth")
 
 

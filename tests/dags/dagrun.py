@@ -48,6 +48,24 @@ def files(folder: str) -> dict[str, list[Any]]:
     return out
 
 
+def plant_exact_duplicate(dataset: str, original: str, copy: str) -> None:
+    """Give record ``copy`` the very image bytes of ``original`` (the dedup stage must drop it)."""
+    import tarfile
+
+    from airflow_curator.core.sample import add_member
+
+    def members(path: str) -> list[tuple[str, bytes]]:
+        with tarfile.open(path) as tar:
+            return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+
+    image = dict(members(os.path.join(dataset, f"{original[:5]}.tar")))[f"{original}.jpg"]
+    path = os.path.join(dataset, f"{copy[:5]}.tar")
+    rewritten = [(n, image if n == f"{copy}.jpg" else d) for n, d in members(path)]
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in rewritten:
+            add_member(tar, name, data)
+
+
 def run_report(dag: Any, dr: Any, output: str) -> dict[str, Any]:
     from airflow.models import TaskInstance
     from airflow.models.asset import AssetEvent
@@ -89,6 +107,7 @@ def main(work: str) -> dict[str, Any]:
     drops, curated = os.path.join(work, "drops"), os.path.join(work, "curated")
     dataset = os.path.join(drops, "manual")
     report["ids"] = write_sample_dataset(dataset, shards=3, records_per_shard=8, seed=3)
+    plant_exact_duplicate(dataset, "000000000", "000020001")
     report["backfill_ids"] = write_sample_dataset(
         os.path.join(drops, BACKFILL_DATE), shards=2, records_per_shard=5, seed=4
     )
@@ -114,8 +133,10 @@ def main(work: str) -> dict[str, Any]:
         "device": "cpu",
         "batch_size": 16,
         "min_clip_score": 0.0,
-        "samples_per_shard": 5,
+        "samples_per_shard": 2,
         "group_bytes": 1,  # one shard per input group, one output shard per output group
+        "dedup_clusters": 2,
+        "dedup_eps": 1e-6,  # tiny random models embed every image alike: exact copies only
     }
     output = os.path.join(work, "out")
     manual = {**base, "dataset": dataset, "output": output}

@@ -33,6 +33,7 @@ CLI_PARAMS = {
     "filter_column",
     "samples_per_shard",
     "gpus",
+    "dedup",
 }
 
 
@@ -98,7 +99,21 @@ def test_first_run_curates_over_mapped_groups(report):
     assert rows == kept
     with tarfile.open(os.path.join(out, f"{stems[0]}.tar")) as tar:
         keys = {m.name.split(".")[0] for m in tar.getmembers()}
-    assert keys == {record_id(0, i, 5, 5) for i in range(len(keys))}  # samples_per_shard=5
+    assert keys == {record_id(0, i, 2, 5) for i in range(len(keys))}  # samples_per_shard=2
+
+
+@pytest.mark.slow
+def test_dedup_stage_drops_the_planted_duplicate(report):
+    run = report["first"]
+    for step in ("dedup_fit", "dedup_assign", "dedup_hash", "dedup", "dedup_result"):
+        assert tasks(run, step) and all(t[2] == "success" for t in tasks(run, step)), step
+    meta = pq.read_table(os.path.join(run["output"], "_work", "metadata", "00002.parquet"))
+    rows = {r["key"]: r for r in meta.to_pylist()}
+    assert rows["000020001"]["is_unique"] is False
+    assert rows["000020001"]["duplicate_of"] == "000000000"
+    assert rows["000020001"]["passes_curation"] is False
+    out = pq.read_table(os.path.join(run["output"], "_work", "metadata", "00000.parquet"))
+    assert {r["key"]: r["is_unique"] for r in out.to_pylist()}["000000000"] is True
 
 
 @pytest.mark.slow
@@ -138,9 +153,11 @@ def test_rerun_redoes_nothing_and_changes_no_byte(report):
         assert rerun["xcom"][f"index[{i}].return_value"]["written"] == 0
         annotated = rerun["xcom"][f"annotate[{i}].return_value"]
         assert annotated["annotated"] == 0 and annotated["skipped"] == 1
-    # report.html describes each run (its task times and XComs); the dataset must not change
-    digests = {name: v[0] for name, v in first["files"].items() if name != "report.html"}
-    assert {n: v[0] for n, v in rerun["files"].items() if n != "report.html"} == digests
+    # report.html describes each run (its task times and XComs); the dataset must not change,
+    # not even its files' times: nothing that was done is redone
+    same = {name: v for name, v in first["files"].items() if name != "report.html"}
+    assert {n: v for n, v in rerun["files"].items() if n != "report.html"} == same
+    assert rerun["xcom"]["plan_reshard[-1].result"]["records"] > 0
     assert (
         rerun["xcom"]["commit[-1].return_value"]["records"]
         == (first["xcom"]["commit[-1].return_value"]["records"])
@@ -200,12 +217,16 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
     dag = load_dag_module().dag
     params = {k: dag.params[k] for k in dag.params}
     params.update(execution="kubernetes", model="ViT-B-32", gpus=2, min_clip_score=0.3)
-    groups = {"shards": "0-3", "label": "00000-00003"}, {"outputs": "0", "label": "00000"}
+    groups = (
+        {"shards": "0-3", "label": "00000-00003"},
+        {"outputs": "0", "label": "00000"},
+        {"clusters": "0-9", "label": "00000-00009"},
+    )
     context = {"params": params, "ds": "2026-03-01", "dag_run": SimpleNamespace(run_after=None)}
     steps = {}
     for task in dag.tasks:
         if hasattr(task, "unmap"):  # mapped: what the worker builds for one group
-            group = groups[1] if task.task_id == "reshard" else groups[0]
+            group = {"reshard": groups[1], "dedup": groups[2]}.get(task.task_id, groups[0])
             task = task.unmap({"shard_group": group})
         assert isinstance(task, CuratorOperator)
         task.render_template_fields({**context, "task": task})
@@ -226,6 +247,11 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
         "reshard",
         "commit",
         "report",
+        "dedup-fit",
+        "dedup-assign",
+        "dedup-hash",
+        "dedup",
+        "dedup-result",
     }
     annotate, resources = steps["annotate"]
     assert resources["limits"][GPU_RESOURCE] == "2"

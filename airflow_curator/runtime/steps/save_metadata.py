@@ -13,7 +13,12 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder URI")
-    p.add_argument("--annotations", required=True, help="folder of NNNNN.parquet annotations")
+    p.add_argument(
+        "--annotations",
+        required=True,
+        action="append",
+        help="folder of NNNNN.parquet annotations; repeat to join several (e.g. the dedup result)",
+    )
     p.add_argument(
         "--path",
         help="folder for the merged NNNNN.parquet; omitted: replace the dataset's own, atomically",
@@ -25,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-clip-score", type=float, help="keep if clip_score >= this")
     p.add_argument(
         "--filter-column", default="passes_curation", help="name of the boolean filter column"
+    )
+    p.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        help="a boolean column that must be true to pass (e.g. is_unique); repeatable",
     )
     p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120; omitted: all")
     p.add_argument("--workers", type=int, default=8, help="shards merged in parallel (threads)")
@@ -40,7 +51,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         path=args.path,
         columns=columns,
         id_col=args.id_col,
-        thresholds=Thresholds(args.min_aesthetic, args.max_nsfw, args.min_clip_score),
+        thresholds=Thresholds(
+            args.min_aesthetic, args.max_nsfw, args.min_clip_score, tuple(args.require)
+        ),
         filter_column=args.filter_column,
         shards=args.shards,
         workers=args.workers,
