@@ -29,6 +29,7 @@ WORK = "_work"
 REPORT_NAME = "report.html"
 RUN_NAME = "run.json"
 OUTPUT_MANIFEST = "_manifest.json"
+UNIQUE, DUPLICATE_OF = "is_unique", "duplicate_of"  # merged from the dedup stage
 # score column -> (label, histogram range, threshold param, threshold kind)
 SCORES: dict[str, tuple[str, tuple[float, float], str, str]] = {
     "aesthetic_score": ("Aesthetic score", (0.0, 10.0), "min_aesthetic", "min"),
@@ -73,6 +74,7 @@ class Sample:
     error: str | None
     scores: dict[str, float | None]
     thumbnail: str | None = None  # data URI
+    duplicate_of: str | None = None
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ShardRow:
     annotated: int
     failures: int
     kept: int | None
+    duplicates: int | None = None
 
 
 @dataclass
@@ -97,6 +100,7 @@ class ReportData:
     dropped: list[Sample]
     lowest: list[Sample]
     highest: list[Sample]
+    pairs: list[tuple[Sample, Sample | None]]
     output_manifest: dict[str, Any] | None
     input_manifest: dict[str, Any] | None
 
@@ -108,6 +112,9 @@ class ReportData:
             "annotated": sum(s.annotated for s in self.shards),
             "failures": sum(s.failures for s in self.shards),
             "kept": None if any(k is None for k in kept) else sum(kept),  # type: ignore[misc]
+            "duplicates": None
+            if all(s.duplicates is None for s in self.shards)
+            else sum(s.duplicates or 0 for s in self.shards),
         }
 
 
@@ -163,6 +170,7 @@ def gather(
 
     rng = random.Random(seed)
     kept, dropped = _Reservoir(per_grid, rng), _Reservoir(per_grid, rng)
+    dups = _Reservoir(max(per_grid // 2, 1), rng)
     low: list[tuple[float, str, Sample]] = []
     high: list[tuple[float, str, Sample]] = []
     hists = {c: Histogram(*SCORES[c][1]) for c in SCORES}
@@ -176,7 +184,8 @@ def gather(
             continue
         table = read_table(url, shard.stem)
         names = set(table.column_names)
-        cols = {c: table.column(c).to_pylist() for c in (*SCORES, "error", "caption") if c in names}
+        wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
+        cols = {c: table.column(c).to_pylist() for c in wanted if c in names}
         ids = [str(i) for i in table.column(id_col).to_pylist()]
         flags = table.column(filter_column).to_pylist() if filter_column in names else None
         errors = cols.get("error", [None] * len(ids))
@@ -192,6 +201,7 @@ def gather(
                 annotated,
                 failures,
                 None if flags is None else sum(bool(f) for f in flags),
+                None if UNIQUE not in cols else sum(u is False for u in cols[UNIQUE]),
             )
         )
         for i, rid in enumerate(ids):
@@ -205,6 +215,9 @@ def gather(
             )
             if flags is not None:
                 (kept if flags[i] else dropped).offer(sample)
+            if UNIQUE in cols and cols[UNIQUE][i] is False and cols.get(DUPLICATE_OF):
+                sample.duplicate_of = cols[DUPLICATE_OF][i]
+                dups.offer(sample)
             score = sample.scores.get("aesthetic_score")
             if score is not None:
                 _push(low, (-score, rid, sample), extremes)
@@ -213,7 +226,12 @@ def gather(
 
     lowest = [s for _, _, s in sorted(low, key=lambda t: (-t[0], t[1]))]
     highest = [s for _, _, s in sorted(high, key=lambda t: (-t[0], t[1]))]
-    picked = kept.items + dropped.items + lowest + highest
+    duplicates = sorted(dups.items, key=lambda d: d.id)
+    originals = _find(
+        man, metadata, id_col, {d.duplicate_of for d in duplicates}, flags_col=filter_column
+    )
+    pairs = [(d, originals.get(d.duplicate_of or "")) for d in duplicates]
+    picked = kept.items + dropped.items + lowest + highest + duplicates + list(originals.values())
     _thumbnails(man, picked)
     return ReportData(
         output=output,
@@ -223,6 +241,7 @@ def gather(
         shards=rows,
         histograms=hists,
         thresholds=limits,
+        pairs=pairs,
         kept=sorted(kept.items, key=lambda s: s.id),
         dropped=sorted(dropped.items, key=lambda s: s.id),
         lowest=lowest,
@@ -230,6 +249,38 @@ def gather(
         output_manifest=_read_json(storage.join(output, OUTPUT_MANIFEST)),
         input_manifest=json.loads(man.to_json()),
     )
+
+
+def _find(
+    man: Manifest, metadata: str, id_col: str, ids: set[str | None], flags_col: str
+) -> dict[str, Sample]:
+    """The records with these ids (the kept originals of duplicate pairs), one shard at a time."""
+    found: dict[str, Sample] = {}
+    ids = {i for i in ids if i}
+    for shard in man.shards:
+        if len(found) == len(ids):
+            break
+        url = storage.join(metadata, f"{shard.stem}.parquet")
+        if not ids or not storage.exists(url):
+            continue
+        table = read_table(url, shard.stem)
+        names = set(table.column_names)
+        for i, rid in enumerate(table.column(id_col).to_pylist()):
+            if str(rid) in ids:
+                row = {
+                    c: table.column(c)[i].as_py()
+                    for c in (*SCORES, "caption", "error", flags_col)
+                    if c in names
+                }
+                found[str(rid)] = Sample(
+                    shard.stem,
+                    str(rid),
+                    row.get("caption"),
+                    row.get(flags_col),
+                    row.get("error"),
+                    {c: row[c] for c in SCORES if c in row},
+                )
+    return found
 
 
 def _push(heap: list, item: tuple, size: int) -> None:

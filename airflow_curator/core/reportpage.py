@@ -20,6 +20,7 @@ table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;border-bottom
 text-align:right}th{background:#f4f6fa}td:first-child,th:first-child{text-align:left}
 .kpi{display:inline-block;margin:6px 18px 6px 0}.kpi b{display:block;font-size:22px}
 .charts{display:flex;flex-wrap:wrap;gap:18px}.grid{display:flex;flex-wrap:wrap;gap:10px}
+.pair{display:flex;gap:4px;border:1px solid #dde;border-radius:8px;padding:4px}
 .card{width:132px;font-size:11px;background:#f7f8fb;border-radius:6px;padding:6px;overflow:hidden}
 .card img{width:112px;height:112px;object-fit:contain;background:#e8eaf0;display:block;margin:auto}
 .noimg{width:112px;height:112px;background:#fbe9e9;color:#a33;display:flex;align-items:center;
@@ -107,6 +108,16 @@ def _grid(title: str, samples: list[Sample]) -> str:
     return f'<h3>{_e(title)}</h3><div class="grid">{"".join(_card(s) for s in samples)}</div>'
 
 
+def _pairs(pairs: list[tuple[Sample, Sample | None]]) -> str:
+    if not pairs:
+        return ""
+    cells = "".join(
+        f'<div class="pair">{_card(d)}{_card(o) if o else "<div class=card>not found</div>"}</div>'
+        for d, o in pairs
+    )
+    return f"<h3>Duplicates (left) and the record kept (right)</h3><div class='grid'>{cells}</div>"
+
+
 def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> str:
     """Per step: tasks, records, failures, summed task seconds and records per task-second."""
     if not steps:
@@ -146,17 +157,19 @@ def render(data: ReportData) -> str:
         ("annotated", t["annotated"]),
         ("failed", t["failures"]),
         ("kept", t["kept"] if t["kept"] is not None else "–"),
+        ("duplicates", t["duplicates"] if t["duplicates"] is not None else "–"),
         ("output records", out_records if out_records is not None else "–"),
         ("output shards", len((data.output_manifest or {}).get("shards", [])) or "–"),
     ]
     shard_rows = "".join(
         f"<tr><td>{_e(r.shard)}</td><td>{r.records}</td><td>{r.annotated}</td>"
-        f"<td>{r.failures}</td><td>{'–' if r.kept is None else r.kept}</td></tr>"
+        f"<td>{r.failures}</td><td>{'–' if r.kept is None else r.kept}</td>"
+        f"<td>{'–' if r.duplicates is None else r.duplicates}</td></tr>"
         for r in data.shards[:MAX_ROWS]
     )
     if len(data.shards) > MAX_ROWS:
         shard_rows += (
-            f'<tr><td colspan="5" class="muted">… {len(data.shards) - MAX_ROWS} more</td></tr>'
+            f'<tr><td colspan="6" class="muted">… {len(data.shards) - MAX_ROWS} more</td></tr>'
         )
 
     charts = (
@@ -186,9 +199,10 @@ def render(data: ReportData) -> str:
 {_grid("Random dropped records", data.dropped)}
 {_grid("Lowest aesthetic scores", data.lowest)}
 {_grid("Highest aesthetic scores", data.highest)}
+{_pairs(data.pairs)}
 <h2>Steps</h2>{_steps_table(data.steps)}
 <h2>Shards</h2><table id="shards"><tr><th>shard</th><th>records</th><th>annotated</th>
-<th>failed</th><th>kept</th></tr>{shard_rows}</table>
+<th>failed</th><th>kept</th><th>duplicates</th></tr>{shard_rows}</table>
 <h2>Parameters</h2><pre>{_e(params)}</pre>
 <h2>Manifests</h2><pre>{_e(manifest)}</pre>
 </body></html>

@@ -39,3 +39,29 @@ def test_isolating_decoder_flags_only_the_bad_record():
     for b in batches:
         if b.ids:
             assert tuple(b.images.shape) == (len(b.ids), 3, 32, 32)
+
+
+def test_jpeg_structure_walk_accepts_real_encodings_and_refuses_bad_markers():
+    """DALI's parser crashed the process (SIGSEGV) on this image: it must never reach it."""
+    import io
+
+    from PIL import Image
+
+    for kw in (
+        {},
+        {"progressive": True},
+        {"optimize": True},
+        {"exif": b"Exif\x00\x00" + bytes(40)},
+    ):
+        out = io.BytesIO()
+        Image.effect_noise((90, 70), 50).convert("RGB").save(out, "JPEG", quality=60, **kw)
+        assert check_image(out.getvalue()) is None, kw
+    rng = random.Random(0)
+    make_jpeg(rng)
+    jpeg = make_jpeg(rng, (80, 80))
+    crashing = jpeg[:200] + bytes(rng.randrange(256) for _ in range(300)) + jpeg[500:]
+    assert check_image(crashing).startswith("JPEG is corrupt")
+    reserved = jpeg[:2] + b"\xff\x5a\x00\x04ab" + jpeg[2:]
+    assert "invalid marker 0x5a" in check_image(reserved)
+    overrun = jpeg[:2] + b"\xff\xe1\xff\xf0" + jpeg[2:40] + b"\xff\xd9"
+    assert "overruns" in check_image(overrun)

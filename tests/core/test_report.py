@@ -46,6 +46,10 @@ def run(tmp_path):
             )
             .append_column("passes_curation", pa.array(kept))
         )
+        # the dedup stage's columns: record 2 of shard 1 copies record 1 of shard 0
+        dup_of = [("000000001" if (s, i) == (1, 2) else None) for i in range(n)]
+        table = table.append_column("is_unique", pa.array([d is None for d in dup_of]))
+        table = table.append_column("duplicate_of", pa.array(dup_of, pa.string()))
         os.makedirs(f"{output}/_work/metadata", exist_ok=True)
         pq.write_table(table, f"{output}/_work/metadata/{s:05d}.parquet")
         truth["records"] += n
@@ -72,6 +76,7 @@ def test_figures_match_the_data(run):
         "annotated": truth["records"],
         "failures": truth["failures"],
         "kept": truth["kept"],
+        "duplicates": 1,
     }
     hist = data.histograms["aesthetic_score"]
     assert hist.total == len(truth["aesthetic"]) == 27
@@ -81,6 +86,14 @@ def test_figures_match_the_data(run):
         expected[int(a / width)] += 1
     assert hist.counts == expected
     assert data.thresholds == {"aesthetic_score": ("min", 5.0)}
+    ((dup, original),) = data.pairs
+    assert (dup.id, dup.shard, original.id, original.shard) == (
+        "000010002",
+        "00001",
+        "000000001",
+        "00000",
+    )
+    assert dup.thumbnail and original.thumbnail
     assert all(s.kept for s in data.kept) and not any(s.kept for s in data.dropped)
     assert len(data.kept) == 4 and len(data.dropped) == 4
     lows = [s.scores["aesthetic_score"] for s in data.lowest]

@@ -36,7 +36,7 @@ def _garbled(rng: random.Random) -> bytes:
 def image_faults(rng: random.Random) -> dict[str, tuple[str | None, bytes | None, str | None]]:
     return {
         "ok": ("jpg", make_jpeg(rng), None),
-        "corrupt_jpeg": ("jpg", _garbled(rng), "decode"),
+        "corrupt_jpeg": ("jpg", _garbled(rng), "JPEG is corrupt"),
         "truncated_jpeg": ("jpg", make_jpeg(rng, (96, 96))[:700], "truncated"),
         "zero_bytes": ("jpg", b"", "empty"),
         "png_bytes_in_jpg": ("jpg", make_jpeg(rng, fmt="PNG"), None),
