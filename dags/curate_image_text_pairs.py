@@ -119,7 +119,12 @@ with DAG(
             "", type="string", description="Aesthetic head URI or 'none'; empty: pinned LAION"
         ),
         "nsfw_weights": Param(
-            "", type="string", description="NSFW head URI or 'none'; empty: the default"
+            "none",
+            type="string",
+            minLength=1,
+            description="NSFW head weights URI (the LAION CLIP-based detector as a PyTorch state "
+            "dict; LAION publishes only Keras, so there is no pinned default), or 'none' to skip "
+            "NSFW scoring (then leave max_nsfw empty)",
         ),
         "min_aesthetic": Param(
             None, type=["null", "number"], minimum=0, maximum=10, description="Keep if >= (0-10)"
@@ -137,6 +142,12 @@ with DAG(
             description="Boolean column written by save-metadata and used by reshard",
         ),
         "samples_per_shard": Param(10000, type="integer", minimum=1, maximum=1_000_000),
+        "old_id_col": Param(
+            "old_key",
+            type=["null", "string"],
+            description="Column of the curated Parquet that keeps each record's input id "
+            "(empty: not kept)",
+        ),
         "max_shards": Param(5, type="integer", minimum=1, maximum=9, description="Shard digits"),
         "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
@@ -236,7 +247,13 @@ with DAG(
         task_id="plan_reshard",
         options={
             name: _param(name)
-            for name in ("filter_column", "samples_per_shard", "max_shards", "group_bytes")
+            for name in (
+                "filter_column",
+                "samples_per_shard",
+                "max_shards",
+                "old_id_col",
+                "group_bytes",
+            )
         },
         **COMMON,
     )

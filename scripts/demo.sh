@@ -36,8 +36,8 @@ write_sample_dataset(f"{demo}/drops/sample", shards=4, records_per_shard=16, see
 write_tiny_models(f"{demo}/models")
 EOF
 
-echo "3/3 running the DAG curate_image_text_pairs (discover -> index -> annotate -> "
-echo "    save_metadata -> plan_reshard -> reshard -> commit), one mapped task per shard..."
+echo "3/3 running the DAG curate_image_text_pairs (discover -> index -> annotate -> dedup ->"
+echo "    save_metadata -> plan_reshard -> reshard -> commit -> report), one mapped task per shard..."
 status=0
 .venv/bin/python - "$demo" >>"$log" 2>&1 <<'EOF' || status=$?
 import json
@@ -63,6 +63,8 @@ conf = {
     "min_clip_score": 0.0,  # the tiny model's CLIP scores straddle 0: keeps about half
     "samples_per_shard": 10,
     "group_bytes": 1,  # one shard per mapped task, to show the mapping
+    "dedup_clusters": 4,
+    "dedup_eps": 1e-6,  # a tiny random model embeds every image alike: only exact copies
 }
 run = dag.test(run_conf=conf)
 with open(f"{demo}/run.json", "w") as f:
@@ -95,4 +97,5 @@ cols = [c for c in ("key", "clip_score", "aesthetic_score", "nsfw_score") if c i
 print(f"  00000.parquet columns: {', '.join(table.column_names)}")
 for row in table.select(cols).slice(0, 3).to_pylist():
     print("   ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+print(f"report:  {out}/report.html (open it in a browser: no server, no network)")
 EOF
