@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.curator-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
@@ -15,8 +15,9 @@ log=.venv/setup.log
 {
   .venv/bin/python -m pip install --upgrade pip
   # A CUDA build that also runs on the CPU; torchvision must be its pair (see README).
-  .venv/bin/python -m pip install "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install -e ".[runtime,dev]"
+  .venv/bin/python -m pip install -c scripts/constraints.txt "torch==2.14.1" "torchvision==0.29.1"
+  # constraints: the exact versions the suite was last run with, so CI is reproducible
+  .venv/bin/python -m pip install -c scripts/constraints.txt -e ".[runtime,dev]"
 } >"$log" 2>&1 || { tail -n 40 "$log" >&2; echo "setup failed: see $log" >&2; exit 1; }
 echo "$want" >"$stamp"
 echo "set up .venv" >&2
