@@ -12,6 +12,7 @@ from airflow_curator.core.errors import ShardError
 from airflow_curator.core.index import build_index, index_dataset, verify_index, write_index
 from airflow_curator.core.sample import write_sample_dataset
 from tests.core.tarfixtures import make_tar, record_members
+from tests.dali_reader import dali_read
 
 WDS2IDX = os.path.join(os.path.dirname(sys.executable), "wds2idx")
 
@@ -55,29 +56,6 @@ def test_byte_identical_on_webdataset_library_shard(tmp_path):
                 }
             )
     assert build_index(tar)[0] == wds2idx(tar, str(tmp_path / "ref.idx"))
-
-
-def dali_read(tar: str, idx: str, exts: list[str]) -> list[tuple[bytes, ...]]:
-    pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, pipeline_def
-
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
-    def pipe():
-        return tuple(
-            fn.readers.webdataset(
-                paths=[tar], index_paths=[idx], ext=exts, missing_component_behavior="error"
-            )
-        )
-
-    p = pipe()
-    p.build()
-    with open(idx) as f:
-        n = int(f.readline().split()[1])
-    out = []
-    for _ in range(n):
-        outs = p.run()
-        out.append(tuple(bytes(o.as_array()[0]) for o in outs))
-    return out
 
 
 @pytest.mark.parametrize("fmt", ["gnu", "pax"])

@@ -17,26 +17,7 @@ from airflow_curator.core.index import build_index, index_dataset
 from airflow_curator.core.plan import load_plan, plan_reshard
 from airflow_curator.core.reshard import reshard
 from airflow_curator.core.sample import write_sample_dataset
-
-
-def dali_read(tar: str, idx: str, exts: list[str]) -> list[tuple[bytes, ...]]:
-    """Every sample of ``tar`` through a DALI CPU pipeline that uses our ``.idx``."""
-    pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, pipeline_def
-
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
-    def pipe():
-        return tuple(
-            fn.readers.webdataset(
-                paths=[tar], index_paths=[idx], ext=exts, missing_component_behavior="error"
-            )
-        )
-
-    p = pipe()
-    p.build()
-    with open(idx) as f:
-        n = int(f.readline().split()[1])
-    return [tuple(bytes(o.as_array()[0]) for o in p.run()) for _ in range(n)]
+from tests.dali_reader import dali_read
 
 
 def add_filter(path: str, keep, shuffle_seed: int | None = None) -> dict[str, bool]:

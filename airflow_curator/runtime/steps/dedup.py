@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from airflow_curator.runtime.steps.dedupargs import add_device_argument, add_job_arguments
+
 HELP = (
     "Mark near-duplicate images within each cluster of the selected cluster groups (cosine "
     "similarity above 1 - eps to a higher-ranked record: highest aesthetic score, then lowest "
@@ -13,21 +15,18 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output", required=True, help="job output URI (dedup files go to OUTPUT/_work)"
-    )
+    add_job_arguments(p, shards=False, id_col=False)
     p.add_argument(
         "--clusters",
         help="cluster ids, whole groups as dedup-fit returned them, e.g. 0-62 (default: all)",
     )
-    p.add_argument("--annotations", help="annotations folder (default: OUTPUT/_work/annotations)")
     p.add_argument("--eps", type=float, default=0.01, help="duplicates: similarity > 1 - eps")
     p.add_argument("--block", type=int, default=2048, help="rows per similarity block")
     p.add_argument(
         "--exact", choices=("auto", "on", "off"), default="auto",
         help="exact duplicates from dedup-hash: auto when its files exist",
     )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

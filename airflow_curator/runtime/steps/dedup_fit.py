@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from airflow_curator.runtime.steps.dedupargs import add_device_argument, add_job_arguments
+
 HELP = (
     "Fit k-means centroids to a seeded sample of the image embeddings in the annotations; writes "
     "OUTPUT/_work/dedup/centroids.parquet and returns the cluster groups to run dedup over."
@@ -12,10 +14,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output", required=True, help="job output URI (dedup files go to OUTPUT/_work)"
-    )
-    p.add_argument("--annotations", help="annotations folder (default: OUTPUT/_work/annotations)")
+    add_job_arguments(p, shards=False, id_col=False)
     p.add_argument("--n-clusters", type=int, default=1000, help="k-means clusters")
     p.add_argument(
         "--cluster-groups", type=int, default=16,
@@ -24,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=20, help="k-means iterations at most")
     p.add_argument("--sample", type=int, default=100_000, help="embeddings to fit on")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and initial centroids")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

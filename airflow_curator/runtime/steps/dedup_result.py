@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from airflow_curator.runtime.steps.dedupargs import add_job_arguments
+
 HELP = (
     "Write OUTPUT/_work/dedup/result/NNNNN.parquet per shard (id, is_unique, duplicate_of), an "
     "annotations folder save-metadata can merge; needs dedup done for every cluster group."
@@ -12,12 +14,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output", required=True, help="job output URI (dedup files go to OUTPUT/_work)"
-    )
-    p.add_argument("--shards", help="only these shard numbers, e.g. 0-3 (default: all)")
-    p.add_argument("--annotations", help="annotations folder (default: OUTPUT/_work/annotations)")
-    p.add_argument("--id-col", default="key", help="record id column of the annotations")
+    add_job_arguments(p)
     p.add_argument("--column", default="is_unique", help="name of the boolean result column")
 
 
