@@ -52,6 +52,9 @@ SCHEMA = pa.schema(
 def write_img2dataset_like(
     folder: str, shards: int = 2, per_shard: int = 100, seed: int = 0, odd_images: bool = True
 ) -> dict[str, Img2DatasetShard]:
+    import os
+
+    os.makedirs(folder, exist_ok=True)
     rng = random.Random(seed)
     width = len(str(per_shard - 1))
     out: dict[str, Img2DatasetShard] = {}

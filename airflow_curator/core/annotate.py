@@ -28,7 +28,7 @@ from airflow_curator.core.discovery import Shard, discover
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.heads import DEFAULTS, Head
 from airflow_curator.core.index import index_text
-from airflow_curator.core.metadata import compare_ids, json_id, read_ids
+from airflow_curator.core.metadata import compare_ids, json_id, read_shard_ids
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.records import iter_records
 from airflow_curator.core.tarstream import Member
@@ -64,6 +64,9 @@ class Options:
     batch_size: int = 64
     id_col: str = "key"
     force: bool = False
+
+
+FAILED_DOWNLOAD = "no image: the Parquet row says its download failed"
 
 
 @dataclass
@@ -229,9 +232,12 @@ class Annotator:
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
                 storage.copy_file(shard.tar, tar)
             records = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes)
-            pq_ids = read_ids(shard.parquet, self.options.id_col, shard.stem)  # type: ignore[arg-type]
-            compare_ids(pq_ids, [r.id for r in records], shard.stem)
+            pq_ids, failed = read_shard_ids(shard.parquet, self.options.id_col, shard.stem)  # type: ignore[arg-type]
+            present = {r.id for r in records}
+            compare_ids(pq_ids, present, shard.stem, allowed_missing=failed)
             results = self._run(shard, tar, records, clip)
+        # img2dataset's failed downloads: a Parquet row and no members, carried with an error
+        records += [ScannedRecord(rid, None, "", FAILED_DOWNLOAD) for rid in failed - present]
         table = self._table(pq_ids, records, results, clip.embed_dim, shard)
         buf = io.BytesIO()
         import pyarrow.parquet as pq
