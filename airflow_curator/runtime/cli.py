@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError
-from airflow_curator.runtime.registry import build_parser, step_module
+from airflow_curator.runtime.registry import STEPS, build_parser, step_module
 
 logger = logging.getLogger("airflow_curator")
 
@@ -23,7 +23,9 @@ def write_result(result: dict[str, Any], path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    step = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(only=step if step in STEPS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
