@@ -75,7 +75,6 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    import open_clip
     import torch
     from PIL import Image
 
@@ -130,15 +129,7 @@ def main() -> int:
         for head in heads:
             head(img)
 
-    pre = clip.preprocess
-    transform = open_clip.image_transform(
-        pre["size"],
-        is_train=False,
-        mean=pre["mean"],
-        std=pre["std"],
-        interpolation=pre["interpolation"],
-        resize_mode=pre["resize_mode"],
-    )
+    transform = clip.reference_transform()
 
     def naive(with_model: bool = True) -> int:
         n = 0

@@ -145,6 +145,21 @@ class ClipModel:
         size = self.preprocess.get("size", 224)
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
+    def reference_transform(self) -> Any:
+        """open_clip's own torchvision preprocessing for this model (PIL in, tensor out): the
+        reference our DALI path is checked and benchmarked against."""
+        import open_clip
+
+        pre = self.preprocess
+        return open_clip.image_transform(
+            pre["size"],
+            is_train=False,
+            mean=pre["mean"],
+            std=pre["std"],
+            interpolation=pre["interpolation"],
+            resize_mode=pre["resize_mode"],
+        )
+
     @property
     def fingerprint(self) -> str:
         return f"{self.spec.key}@{self.weights.sha256 if self.weights else RANDOM}"

@@ -57,19 +57,10 @@ def read_annotation(root, shard="00000"):
 
 def reference_image_embeddings(annotator, dataset):
     """PIL decode + open_clip's torchvision preprocessing + the same model, per record id."""
-    import open_clip
     from PIL import Image
 
     clip = annotator.clip
-    pre = clip.preprocess
-    transform = open_clip.image_transform(
-        pre["size"],
-        is_train=False,
-        mean=pre["mean"],
-        std=pre["std"],
-        interpolation=pre["interpolation"],
-        resize_mode=pre["resize_mode"],
-    )
+    transform = clip.reference_transform()
     out = {}
     for rec in iter_records(str(dataset / "00000.tar")):
         ext = rec.image_ext()
