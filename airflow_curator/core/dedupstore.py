@@ -150,7 +150,9 @@ def write_parquet(
         for n in [n for n in (row_groups or [table.num_rows]) if n] or [0]:
             writer.write_table(table.slice(start, n), row_group_size=max(n, 1))
             start += n
-    storage.write_bytes(url, buf.getvalue())
+    data = buf.getvalue()
+    if not storage.same_bytes(url, data):  # a rerun recomputes, but rewrites nothing unchanged
+        storage.write_bytes(url, data)
 
 
 @dataclass(frozen=True)
