@@ -28,6 +28,7 @@ from airflow_curator.core.discovery import Shard, discover
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.heads import DEFAULTS, Head
 from airflow_curator.core.index import index_text
+from airflow_curator.core.layout import annotations_url
 from airflow_curator.core.metadata import compare_ids, json_id, read_shard_ids
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.records import iter_records
@@ -43,10 +44,6 @@ MAX_ERRORS = 5  # error examples per shard in the result
 # gains nothing from torch's intra-op threads on the CPU, and their barriers stall behind DALI's
 # decoding threads on the same cores (measured: a tiny model runs 2x faster end to end with one).
 DECODE_SECONDS = 0.002
-
-
-def annotations_url(output: str) -> str:
-    return storage.join(output, "_work", "annotations")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from airflow_curator.core import dedupstore as ds
+from airflow_curator.core import layout
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.kmeans import Centroids, load_centroids, nearest, normalise, pick_device
 from airflow_curator.core.progress import Progress
@@ -87,7 +88,7 @@ def assign_shards(
     t0 = time.perf_counter()
     cent = load_centroids(output)
     device = pick_device(device)
-    folder = annotations or ds.annotations_url(output)
+    folder = annotations or layout.annotations_url(output)
     files = ds.shard_files(folder, shards, "annotations")
     if not files:
         raise CuratorError(f"{folder}: no NNNNN.parquet annotation files")

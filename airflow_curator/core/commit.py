@@ -18,12 +18,11 @@ from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError, ShardError, preview
+from airflow_curator.core.layout import MARKERS, OUTPUT_MANIFEST, SUCCESS, WORK, marker_url
 from airflow_curator.core.naming import SHARD_EXTS, SHARD_STEM
-from airflow_curator.core.plan import MARKERS, SUCCESS, WORK, Plan, load_plan, marker_url
+from airflow_curator.core.plan import Plan, load_plan
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "_manifest.json"
 
 
 def _read_marker(url: str) -> dict[str, Any] | None:
@@ -157,7 +156,7 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     storage.makedirs(plan.output)
     if sync:
         sync_outputs(plan)
-    manifest_url = storage.join(plan.output, MANIFEST)
+    manifest_url = storage.join(plan.output, OUTPUT_MANIFEST)
     manifest = manifest_json(plan, markers).encode()
     success = storage.join(plan.output, SUCCESS)
     if storage.exists(success) and storage.same_bytes(manifest_url, manifest):

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from airflow_curator.core import dedupstore as ds
+from airflow_curator.core import layout
 from airflow_curator.core.errors import CuratorError, ShardError, preview
 from airflow_curator.core.kmeans import load_centroids
 from airflow_curator.core.progress import Progress
@@ -76,9 +77,9 @@ def write_results(
     import pyarrow as pa
 
     t0 = time.perf_counter()
-    files = ds.shard_files(annotations or ds.annotations_url(output), shards, "annotations")
+    files = ds.shard_files(annotations or layout.annotations_url(output), shards, "annotations")
     if not files:
-        raise CuratorError(f"{annotations or ds.annotations_url(output)}: no annotation files")
+        raise CuratorError(f"{annotations or layout.annotations_url(output)}: no annotation files")
     removed, settings = read_removed(output, {n for n, _ in files})
     progress = Progress("dedup-result", len(files), logger=logger)
     per_shard, examples = [], []

@@ -25,6 +25,7 @@ from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.layout import dedup_url
 from airflow_curator.core.naming import shard_id
 from airflow_curator.core.shardspec import format_spec, parse_spec
 
@@ -34,14 +35,6 @@ META_KEY = b"airflow_curator.dedup"
 STATS_COLUMNS = ("shard", "cluster")  # row-group min/max that readers select by
 EMBEDDING = "image_embedding"
 AESTHETIC = "aesthetic_score"
-
-
-def dedup_url(output: str) -> str:
-    return storage.join(output, "_work", "dedup")
-
-
-def annotations_url(output: str) -> str:
-    return storage.join(output, "_work", "annotations")
 
 
 def centroids_url(output: str) -> str:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from airflow_curator.core import dedupstore as ds
-from airflow_curator.core import storage
+from airflow_curator.core import layout, storage
 from airflow_curator.core.discovery import Shard, discover
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.progress import Progress
@@ -104,7 +104,7 @@ def hash_shards(
         raise ValueError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
     t0 = time.perf_counter()
     selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
-    annotations = annotations or ds.annotations_url(output)
+    annotations = annotations or layout.annotations_url(output)
     progress = Progress("dedup-hash", len(selected), logger=logger)
     per_shard = []
     for shard in selected:

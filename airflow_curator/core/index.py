@@ -59,19 +59,6 @@ def index_text(members: Iterable[Member], shard: str = "?") -> tuple[str, int]:
     return f"{VERSION} {len(lines)}\n" + "\n".join(lines) + "\n", len(lines)
 
 
-def read_index(idx_url: str) -> dict[str, dict[str, tuple[int, int]]]:
-    """Record id -> {ext: (data_offset, size)} from an index file, for reads by range."""
-    out: dict[str, dict[str, tuple[int, int]]] = {}
-    lines = storage.read_bytes(idx_url).decode().splitlines()
-    for line in lines[1:]:
-        f = line.split(" ")
-        for i in range(0, len(f) - 3, 4):
-            ext, offset, size, name = f[i], int(f[i + 1]), int(f[i + 2]), f[i + 3]
-            rid = name[name.rfind("/") + 1 :].split(".", 1)[0]
-            out.setdefault(rid, {})[ext] = (offset, size)
-    return out
-
-
 def scan_members(tar_url: str, size: int | None = None, shard: str = "?") -> list[Member]:
     with storage.open_read(tar_url) as f:
         scanner = TarScanner(f, size, source=tar_url)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_curator.core import dedupstore as ds
-from airflow_curator.core import storage
+from airflow_curator.core import layout, storage
 from airflow_curator.core.errors import CuratorError
 from airflow_curator.core.progress import Progress
 
@@ -216,7 +216,7 @@ def fit_centroids(
     if n_clusters < 1 or parts < 1 or iterations < 1 or sample < 1:
         raise ValueError("--n-clusters, --cluster-groups, --iterations and --sample must be >= 1")
     t0 = time.perf_counter()
-    annotations = annotations or ds.annotations_url(output)
+    annotations = annotations or layout.annotations_url(output)
     files = ds.shard_files(annotations, what="annotations")
     if not files:
         raise CuratorError(f"{annotations}: no NNNNN.parquet annotation files")

@@ -21,16 +21,12 @@ from typing import Any
 from airflow_curator.core import storage
 from airflow_curator.core.discovery import GROUP_BYTES, MAX_GROUPS, Shard, discover, make_groups
 from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.layout import SUCCESS, plan_url
 from airflow_curator.core.metadata import check_ids
 from airflow_curator.core.naming import offset_digits, shard_name
 from airflow_curator.core.shardspec import format_spec
 
 logger = logging.getLogger(__name__)
-
-WORK = "_work"
-PLAN_NAME = "reshard-plan.json"
-MARKERS = "reshard"  # O/_work/reshard/NNNNN.json: one per written output shard
-SUCCESS = "_SUCCESS"
 
 
 @dataclass
@@ -98,14 +94,6 @@ class Plan:
             if i.stem == stem:
                 return i
         raise CuratorError(f"plan has no input shard {stem}")
-
-
-def plan_url(output: str) -> str:
-    return storage.join(output, WORK, PLAN_NAME)
-
-
-def marker_url(output: str, name: str) -> str:
-    return storage.join(output, WORK, MARKERS, f"{name}.json")
 
 
 def load_plan(url: str) -> Plan:

@@ -15,20 +15,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_curator.core import storage
+from airflow_curator.core import layout, storage
 from airflow_curator.core.discovery import Manifest, load_manifest
 from airflow_curator.core.errors import CuratorError
-from airflow_curator.core.index import read_index
 from airflow_curator.core.metadata import read_table
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.records import IMAGE_EXTS, iter_records
+from airflow_curator.core.records import IMAGE_EXTS
+from airflow_curator.core.tarsource import IndexLocations, scan_locations
 
 logger = logging.getLogger(__name__)
 
-WORK = "_work"
-REPORT_NAME = "report.html"
-RUN_NAME = "run.json"
-OUTPUT_MANIFEST = "_manifest.json"
 UNIQUE, DUPLICATE_OF = "is_unique", "duplicate_of"  # merged from the dedup stage
 # score column -> (label, histogram range, threshold param, threshold kind)
 SCORES: dict[str, tuple[str, tuple[float, float], str, str]] = {
@@ -152,11 +148,10 @@ def gather(
     seed: int = 0,
 ) -> ReportData:
     """Collect the report's figures and samples (thumbnails included) from storage."""
-    work = storage.join(output, WORK)
-    metadata = metadata or storage.join(work, "metadata")
-    run = _read_json(run_json or storage.join(work, RUN_NAME)) or {}
+    metadata = metadata or layout.metadata_url(output)
+    run = _read_json(run_json or layout.run_url(output)) or {}
     params: dict[str, Any] = run.get("params", {})
-    man_url = manifest or storage.join(work, "manifest.json")
+    man_url = manifest or layout.manifest_url(output)
     if not storage.exists(man_url):
         raise CuratorError(f"no dataset manifest at {man_url}: run discover first")
     man: Manifest = load_manifest(man_url)
@@ -246,7 +241,7 @@ def gather(
         dropped=sorted(dropped.items, key=lambda s: s.id),
         lowest=lowest,
         highest=highest,
-        output_manifest=_read_json(storage.join(output, OUTPUT_MANIFEST)),
+        output_manifest=_read_json(storage.join(output, layout.OUTPUT_MANIFEST)),
         input_manifest=json.loads(man.to_json()),
     )
 
@@ -298,23 +293,20 @@ def _thumbnails(man: Manifest, samples: list[Sample]) -> None:
     tars = {s.stem: s for s in man.shards}
     for stem, group in by_shard.items():
         shard = tars[stem]
-        wanted = {s.id for s in group}
-        where: dict[str, tuple[int, int]] = {}
-        if shard.idx and shard.idx_fresh:
-            for rid, parts in read_index(shard.idx).items():
-                ext = next((e for e in IMAGE_EXTS if e in parts), None)
-                if rid in wanted and ext:
-                    where[rid] = parts[ext]
-        else:
-            for rec in iter_records(shard.tar, stem, with_data=False, size=shard.tar_bytes):
-                ext = rec.image_ext()
-                if rec.id in wanted and ext:
-                    where[rec.id] = (rec.parts[ext].data_offset, rec.parts[ext].size)
+        # the same locator reshard uses: the fresh .idx, else one header scan of the tar
+        locations: Any = (
+            IndexLocations(storage.read_bytes(shard.idx).decode(), stem, shard.idx)
+            if shard.idx and shard.idx_fresh
+            else scan_locations(shard.tar, shard.tar_bytes, stem)
+        )
         for s in group:
-            if s.id in where:
-                start, size = where[s.id]
-                raw = storage.read_range(shard.tar, start, start + size)
-                s.thumbnail = _thumbnail(raw)
+            if s.id not in locations:
+                continue
+            parts = {ext: (off, size) for ext, off, size in locations[s.id]}
+            ext = next((e for e in IMAGE_EXTS if e in parts), None)
+            if ext:
+                start, size = parts[ext]
+                s.thumbnail = _thumbnail(storage.read_range(shard.tar, start, start + size))
 
 
 def _thumbnail(raw: bytes) -> str | None:
@@ -333,4 +325,4 @@ def _thumbnail(raw: bytes) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-__all__ = ["IMAGE_EXTS", "REPORT_NAME", "ReportData", "gather"]
+__all__ = ["IMAGE_EXTS", "ReportData", "gather"]

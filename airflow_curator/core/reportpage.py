@@ -212,7 +212,8 @@ def render(data: ReportData) -> str:
 def write_report(output: str, report_url: str | None = None, **options: Any) -> dict[str, Any]:
     """Gather, render and write ``<output>/report.html`` (atomically); return a small summary."""
     from airflow_curator.core import storage
-    from airflow_curator.core.report import REPORT_NAME, gather
+    from airflow_curator.core.layout import REPORT_NAME
+    from airflow_curator.core.report import gather
 
     data = gather(output, **options)
     url = report_url or storage.join(output, REPORT_NAME)

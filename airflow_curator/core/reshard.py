@@ -24,6 +24,7 @@ from typing import Any
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError, ShardError, preview
 from airflow_curator.core.index import index_text
+from airflow_curator.core.layout import marker_url
 from airflow_curator.core.merge import parquet_bytes
 from airflow_curator.core.naming import record_id
 from airflow_curator.core.plan import (
@@ -33,7 +34,6 @@ from airflow_curator.core.plan import (
     ids_digest,
     kept_rows,
     load_plan,
-    marker_url,
     read_parquet,
 )
 from airflow_curator.core.progress import Progress

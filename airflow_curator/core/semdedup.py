@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from airflow_curator.core import dedupstore as ds
+from airflow_curator.core import layout
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.exactdup import exact_duplicates, read_part_hashes
 from airflow_curator.core.kmeans import Centroids, load_centroids, pick_device
@@ -165,7 +166,7 @@ def dedup_clusters(
     cent = load_centroids(output)
     parts = cent.parts.select(clusters)
     device = pick_device(device)
-    shards = {n for n, _ in ds.shard_files(annotations or ds.annotations_url(output))}
+    shards = {n for n, _ in ds.shard_files(annotations or layout.annotations_url(output))}
     files = ds.shard_files(ds.folder_url(output, "assign"))
     check_complete(shards, files, "assignments", "dedup-assign")
     hash_files = ds.shard_files(ds.folder_url(output, "hash")) if exact != "off" else []

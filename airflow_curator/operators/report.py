@@ -14,13 +14,10 @@ from typing import Any
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
-from airflow_curator.core import storage
-from airflow_curator.operators import layout
+from airflow_curator.core import layout, storage
 from airflow_curator.operators.base import RESULT_KEY, CuratorOperator
 
 logger = logging.getLogger(__name__)
-
-RUN_NAME = "run.json"
 
 
 def report_http_url(uri: str) -> str:
@@ -82,7 +79,7 @@ class CurationReportOperator(CuratorOperator):
             "params": {**params, "dataset": self.dataset, "output": self.output_uri},
             "steps": steps,
         }
-        url = storage.join(layout.work_url(self.output_uri), RUN_NAME)
+        url = layout.run_url(self.output_uri)
         storage.write_bytes(url, json.dumps(record, sort_keys=True, default=str).encode())
         self.log.info("run record: %s", url)
 

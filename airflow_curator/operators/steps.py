@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_curator.operators import layout
+from airflow_curator.core import layout
 from airflow_curator.operators.base import CuratorOperator
 
 

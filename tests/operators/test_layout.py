@@ -1,12 +1,10 @@
-"""The operators' job layout agrees with the core modules that write those files."""
+"""The operators derive every step's paths from the one job layout the core steps write."""
 
 from __future__ import annotations
 
 import pytest
 
-from airflow_curator.core.annotate import annotations_url
-from airflow_curator.core.plan import plan_url
-from airflow_curator.operators import layout
+from airflow_curator.core import layout
 from airflow_curator.operators.steps import (
     CommitOperator,
     GpuAnnotateOperator,
@@ -30,11 +28,26 @@ OPERATORS = [
 
 
 @pytest.mark.parametrize("output", ["/data/out", "gs://bucket/curated/2026-03-01/"])
-def test_layout_matches_core(output):
-    assert layout.annotations_url(output) == annotations_url(output)
-    assert layout.plan_url(output) == plan_url(output)
-    assert layout.manifest_url(output).startswith(layout.work_url(output) + "/")
-    assert layout.metadata_url(output).startswith(layout.work_url(output) + "/")
+def test_layout_is_under_the_work_folder(output):
+    base = output.rstrip("/")
+    assert layout.work_url(output) == f"{base}/_work"
+    assert layout.annotations_url(output) == f"{base}/_work/annotations"
+    assert layout.plan_url(output) == f"{base}/_work/reshard-plan.json"
+    assert layout.manifest_url(output) == f"{base}/_work/manifest.json"
+    assert layout.metadata_url(output) == f"{base}/_work/metadata"
+    assert layout.dedup_result_url(output) == f"{base}/_work/dedup/result"
+    assert layout.run_url(output) == f"{base}/_work/run.json"
+
+
+def test_operators_pass_the_layout_paths():
+    from airflow_curator.operators.steps import PlanReshardOperator, SaveMetadataOperator
+
+    merge = SaveMetadataOperator(task_id="m", dataset="/in", output_uri="/out", dedup=True)
+    opts = merge.step_options()
+    assert opts["annotations"] == [layout.annotations_url("/out"), layout.dedup_result_url("/out")]
+    assert opts["path"] == layout.metadata_url("/out") and opts["require"] == ["is_unique"]
+    plan = PlanReshardOperator(task_id="p", dataset="/in", output_uri="/out").step_options()
+    assert plan["metadata"] == layout.metadata_url("/out")
 
 
 def test_one_operator_per_curation_step():
