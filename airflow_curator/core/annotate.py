@@ -25,11 +25,11 @@ from airflow_curator.core import storage
 from airflow_curator.core.clip import ClipModel, model_spec, resolve_weights
 from airflow_curator.core.decode import Decoder, Preprocess, check_image
 from airflow_curator.core.discovery import Shard, discover
-from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.errors import CuratorError
 from airflow_curator.core.heads import DEFAULTS, Head
 from airflow_curator.core.index import index_text
 from airflow_curator.core.layout import annotations_url
-from airflow_curator.core.metadata import compare_ids, json_id, read_shard_ids
+from airflow_curator.core.metadata import check_json_id, compare_ids, read_shard_ids
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.records import iter_records
 from airflow_curator.core.tarstream import Member
@@ -113,9 +113,7 @@ def scan_shard(tar: str, shard: str, id_col: str, size: int | None = None) -> li
     """Records in tar order with their caption and, for unusable images, the reason."""
     out: list[ScannedRecord] = []
     for rec in iter_records(tar, shard, size=size):
-        jid = json_id(rec, id_col, shard)
-        if jid is not None and jid != rec.id:
-            raise ShardError(shard, f"record {rec.id}: its .json says {id_col}={jid!r}")
+        check_json_id(rec, id_col, shard)
         ext = rec.image_ext()
         error = (
             check_image(rec.data[ext]) if ext else "record has no image (jpg, jpeg, png or webp)"

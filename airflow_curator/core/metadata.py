@@ -89,6 +89,13 @@ def json_id(record: Record, id_col: str, shard: str) -> str | None:
     return str(meta[id_col])
 
 
+def check_json_id(record: Record, id_col: str, shard: str) -> None:
+    """The id inside the record's ``.json`` (when it has one) must be the record's own."""
+    jid = json_id(record, id_col, shard)
+    if jid is not None and jid != record.id:
+        raise ShardError(shard, f"record {record.id}: .json says {id_col}={jid!r}")
+
+
 def compare_ids(
     parquet_ids: Iterable[str],
     tar_ids: Iterable[str],
@@ -121,9 +128,7 @@ def validate_shard(tar_url: str, parquet_url: str, id_col: str = "key", shard: s
     pq_ids, failed = read_shard_ids(parquet_url, id_col, shard)
     tar_ids: list[str] = []
     for rec in iter_records(tar_url, shard):
-        jid = json_id(rec, id_col, shard)
-        if jid is not None and jid != rec.id:
-            raise ShardError(shard, f"record {rec.id}: .json says {id_col}={jid!r}")
+        check_json_id(rec, id_col, shard)
         tar_ids.append(rec.id)
     compare_ids(pq_ids, tar_ids, shard, allowed_missing=failed)
     stale = failed.intersection(tar_ids)

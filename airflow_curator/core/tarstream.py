@@ -307,12 +307,3 @@ def _cached(fd: int, size: int) -> bool:
         except OSError:
             return True  # the probe itself is unsupported here: assume cached
     return True
-
-
-def iter_members(f: IO[bytes], total_size: int | None = None, source: str = "") -> Iterator[Member]:
-    scanner = TarScanner(f, total_size, source)
-    try:
-        for member, _ in scanner.members():
-            yield member
-    finally:
-        scanner.close()
