@@ -95,22 +95,19 @@ class ImageTextPairDataset:
         """Write the records whose ``filter_column`` is true as a new dataset at ``path``: new ids,
         ``.json`` ids rewritten, member bytes unchanged, ``.idx`` and Parquet per shard, then a
         manifest and ``_SUCCESS``. Same code as the plan-reshard, reshard and commit steps."""
-        from airflow_curator.core.commit import commit
-        from airflow_curator.core.plan import plan_reshard
-        from airflow_curator.core.reshard import reshard
+        from airflow_curator.core.reshard import reshard_dataset
 
-        planned = plan_reshard(
+        reshard_dataset(
             self.path,
             path,
             filter_column,
+            workers=workers,
             metadata=metadata,
             id_col=self.id_col,
             samples_per_shard=samples_per_shard,
             max_shards=max_shards,
             old_id_col=old_id_col,
         )
-        reshard(planned["plan"], workers=workers)
-        commit(planned["plan"])
         return type(self).from_webdataset(path, self.id_col)
 
     def __len__(self) -> int:

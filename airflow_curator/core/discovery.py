@@ -185,8 +185,11 @@ def discover(
 def _parquet_rows(shard: Shard) -> int:
     import pyarrow.parquet as pq
 
-    fs, path = storage.fs_and_path(shard.parquet)  # type: ignore[arg-type]
+    url: str = shard.parquet  # type: ignore[assignment]
     try:
+        if storage.is_local(url):  # no fsspec import for local folders
+            return pq.read_metadata(storage.local_path(url)).num_rows
+        fs, path = storage.fs_and_path(url)
         return pq.read_metadata(path, filesystem=fs).num_rows
     except Exception as e:  # pyarrow raises several types for a bad footer
         raise ShardError(shard.stem, f"{shard.parquet} is not a readable Parquet file: {e}") from e

@@ -36,6 +36,16 @@ def record_id(shard: int, offset: int, samples_per_shard: int = 10000, max_shard
     return shard_name(shard, max_shards) + f"{offset:0{offset_digits(samples_per_shard)}d}"
 
 
+def record_ids(
+    shard: int, count: int, samples_per_shard: int = 10000, max_shards: int = 5
+) -> list[str]:
+    """The ids of the first ``count`` records of output ``shard`` (``record_id`` in bulk)."""
+    if count > samples_per_shard:
+        raise ValueError(f"{count} records do not fit a shard of {samples_per_shard}")
+    prefix, width = shard_name(shard, max_shards), offset_digits(samples_per_shard)
+    return [f"{prefix}{i:0{width}d}" for i in range(count)]
+
+
 def split_member(name: str) -> tuple[str, str]:
     """WebDataset key and extension: key is the path up to the first dot of the basename."""
     slash = name.rfind("/") + 1

@@ -3,14 +3,18 @@
 Each output shard is a ``.tar`` (deterministic headers, new ids, the id inside ``.json`` rewritten),
 its ``.idx`` (from the members as they are written: no second read) and its ``.parquet`` (the kept
 metadata rows, new ids, the old id in ``old_id_col``). Input members are found by record id through
-the input ``.idx`` (or one header scan of the tar) and read by range: a local tar is memory-mapped,
-an object-store tar is read in merged ranges. A marker JSON (sizes, sha256, counts) is written last
-per output shard; ``commit`` checks those markers. Reading inputs lives in ``tarsource``.
+the input ``.idx`` (or one header scan of the tar) and read by range: a local tar a record at a
+time, an object-store tar in merged ranges. A record is read straight into the writer's staging
+buffer, where its headers are replaced and its ``.json`` id is patched; the buffer is hashed and
+written (with direct I/O on a local disk) a megabyte at a time. A marker JSON (sizes, sha256,
+counts) is written last per output shard; ``commit`` checks those markers. Reading inputs lives in
+``tarsource``, writing in ``tarwriter`` and ``sink``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -26,7 +30,7 @@ from airflow_curator.core.errors import CuratorError, ShardError, preview
 from airflow_curator.core.index import index_text
 from airflow_curator.core.layout import marker_url
 from airflow_curator.core.merge import parquet_bytes
-from airflow_curator.core.naming import record_id
+from airflow_curator.core.naming import record_ids
 from airflow_curator.core.plan import (
     InputShard,
     OutputShard,
@@ -45,7 +49,8 @@ from airflow_curator.core.tarsource import (
     index_matches,
     scan_locations,
 )
-from airflow_curator.core.tarwriter import TarWriter
+from airflow_curator.core.tarstream import BLOCK
+from airflow_curator.core.tarwriter import TarWriter, slot_size
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +146,28 @@ def _piece_records(
     for start in range(0, len(old_ids), BATCH):
         batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
         if source.fd is None:
-            source.prefetch([(off, size) for _, locs in batch for _, off, size in locs])
+            # with each member's header block and padding: a plain record is read in one piece
+            source.prefetch(
+                [(off - BLOCK, slot_size(size)) for _, locs in batch for _, off, size in locs]
+            )
         for old, locs in batch:
             yield old, locs, source
+
+
+def _cast(column: Any, type_: Any) -> Any:
+    return column if column.type == type_ else column.cast(type_)
+
+
+def _take(table: Any, rows: list[int]) -> Any:
+    """``table.take(rows)`` without importing the ``pyarrow.compute`` wrapper module (a fifth
+    of a second of every reshard process is startup; the kernel itself is in ``_compute``)."""
+    import pyarrow as pa
+
+    try:
+        from pyarrow._compute import call_function
+    except ImportError:  # a pyarrow that moved it
+        return table.take(pa.array(rows, pa.int64()))
+    return call_function("take", [table, pa.array(rows, pa.int64())])
 
 
 def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[str]) -> Any:
@@ -157,10 +181,10 @@ def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[
         if f.name == plan.id_col:
             columns.append(pa.array(new_ids, pa.string()))
         elif f.name == plan.old_id_col:
-            columns.append(pa.array(old).cast(f.type))
+            columns.append(_cast(pa.array(old), f.type))
         else:
             chunks = [
-                t.column(f.name).cast(f.type)
+                _cast(t.column(f.name), f.type)
                 if f.name in t.column_names
                 else pa.nulls(len(t), f.type)
                 for t in parts
@@ -198,46 +222,76 @@ def _fsync_close(fd: int) -> None:
         os.close(fd)
 
 
+def _copy_record(
+    writer: TarWriter,
+    source: TarSource,
+    locs: Location,
+    old: str,
+    new: str,
+    id_col: str,
+    shard: str,
+) -> None:
+    """Append one record under its new id. Usually its members are read straight into the
+    writer's buffer and only the headers and the ``.json`` id are changed there; records with
+    extended headers, a ``.json`` whose length changes, or long names take the general path,
+    which writes the same bytes."""
+    slots = writer.reserve([size for _, _, size in locs])
+    datas: list[Any] = []
+    if slots is not None and source.read_into(locs, slots):
+        same = True
+        for slot, (ext, _, size) in zip(slots, locs, strict=True):
+            data = slot[BLOCK : BLOCK + size]
+            if ext == "json":
+                meta = rewrite_json(data, id_col, old, new, shard)
+                if len(meta) == size:
+                    data[:] = meta
+                else:
+                    same = False
+                data = meta
+            datas.append(data)
+        if same and writer.commit(new, [ext for ext, _, _ in locs]):
+            return
+        # copies: the views point into the buffer that add_record writes to
+        datas = [bytes(d) for d in datas]
+    else:
+        datas = source.read(locs)
+        for i, (ext, _, _) in enumerate(locs):
+            if ext == "json":
+                datas[i] = rewrite_json(datas[i], id_col, old, new, shard)
+    writer.add_record([(f"{new}.{ext}", d) for (ext, _, _), d in zip(locs, datas, strict=True)])
+
+
 def write_output(
     cache: InputCache, out: OutputShard, flusher: Flusher | None = None
 ) -> dict[str, Any]:
     """Write one output shard (tar, idx, parquet, then its marker); return the marker."""
     import hashlib
 
-    import pyarrow as pa
-
     t0 = time.perf_counter()
     plan = cache.plan
     base = storage.join(plan.output, out.name)
-    sps, digits = plan.samples_per_shard, plan.max_shards
-    new_ids: list[str] = []
+    ids = record_ids(out.index, out.records, plan.samples_per_shard, plan.max_shards)
     old_ids: list[str] = []
     id_col = plan.id_col
     parts = []  # the kept metadata rows, taken piece by piece (inputs may be evicted after)
     with storage.atomic_writer(base + ".tar", fsync=False) as f:
-        writer = TarWriter(f)
+        writer = TarWriter(f, direct=storage.is_local(base))
         for stem, first, end in out.pieces:
             entry = cache.get(stem)
             rows = entry["rows"][first:end]
-            parts.append(entry["table"].take(pa.array(rows, pa.int64())))
+            parts.append(_take(entry["table"], rows))
             for old, locs, source in _piece_records(entry, stem, rows):
-                new = record_id(out.index, len(new_ids), sps, digits)
-                items = []
-                for (ext, _, _), data in zip(locs, source.read(locs), strict=True):
-                    if ext == "json":
-                        data = rewrite_json(data, id_col, old, new, out.name)
-                    items.append((f"{new}.{ext}", data))
-                writer.add_record(items)
-                new_ids.append(new)
+                new = ids[len(old_ids)]
+                _copy_record(writer, source, locs, old, new, id_col, out.name)
                 old_ids.append(old)
         writer.close()
         if flusher is not None:
             flusher.submit(f)
-    if len(new_ids) != out.records:
-        raise ShardError(out.name, f"wrote {len(new_ids)} records, the plan says {out.records}")
+    if len(old_ids) != out.records:
+        raise ShardError(out.name, f"wrote {len(old_ids)} records, the plan says {out.records}")
     files = {"tar": {"name": out.name + ".tar", "size": writer.pos, "sha256": writer.sha256}}
     idx = index_text(writer.members, out.name)[0].encode()
-    pq_data = parquet_bytes(_metadata_table(plan, parts, new_ids, old_ids))
+    pq_data = parquet_bytes(_metadata_table(plan, parts, ids, old_ids))
     for ext, data in (("idx", idx), ("parquet", pq_data)):
         storage.write_bytes(f"{base}.{ext}", data, fsync=False)
         files[ext] = {
@@ -323,13 +377,16 @@ def reshard(
     progress = Progress("reshard", len(todo), logger=logger)
     markers: list[dict[str, Any]] = list(done.values())
     local = storage.is_local(plan.output) and "fork" in multiprocessing.get_all_start_methods()
+    frozen = False
     if len(tasks) <= 1:
         results: Any = map(_write_many, tasks)
         pool = None
     elif local:
-        for name in ("pyarrow.parquet", "pyarrow.compute"):  # once here, not in every worker
-            importlib.import_module(name)
-
+        importlib.import_module("pyarrow.parquet")  # once here, not in every worker
+        # what exists now is shared with the workers: keep their collections off it (no
+        # copy-on-write of every object a collection touches, as the gc docs advise)
+        gc.freeze()
+        frozen = True
         pool = ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("fork"))
         results = pool.map(_write_many, tasks)
     else:
@@ -346,6 +403,8 @@ def reshard(
     finally:
         if pool is not None:
             pool.shutdown()
+        if frozen:
+            gc.unfreeze()
     seconds = time.perf_counter() - t0
     nbytes = sum(m["files"]["tar"]["size"] for m in markers)
     return {
@@ -358,4 +417,31 @@ def reshard(
         "bytes": nbytes,
         "seconds": round(seconds, 3),
         "mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 1),
+    }
+
+
+def reshard_dataset(
+    dataset: str,
+    output: str,
+    filter_column: str,
+    *,
+    workers: int = 0,
+    sync: bool = True,
+    **plan_options: Any,
+) -> dict[str, Any]:
+    """Plan, write and commit a reshard in this process: the seed's ``to_webdataset`` and the
+    ``to-webdataset`` command, for a laptop or a script (the DAG runs the three steps as tasks)."""
+    from airflow_curator.core.commit import commit
+    from airflow_curator.core.plan import plan_reshard
+
+    planned = plan_reshard(dataset, output, filter_column, **plan_options)
+    written = reshard(planned["plan"], workers=workers)
+    committed = commit(planned["plan"], sync=sync)
+    return {
+        **committed,
+        "plan": planned["plan"],
+        "input_records": planned["input_records"],
+        "written": written["written"],
+        "skipped": written["skipped"],
+        "message": planned["message"],
     }

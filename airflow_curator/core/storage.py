@@ -123,7 +123,23 @@ def makedirs(url: str) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
+def size(url: str) -> int:
+    """Bytes in a file; FileNotFoundError when there is none."""
+    if is_local(url):
+        return os.stat(local_path(url)).st_size
+    fs, path = fs_and_path(url)
+    return int(fs.size(path))
+
+
 def remove(url: str) -> None:
+    if is_local(url):  # local paths skip fsspec's import (every step would pay for it)
+        path = local_path(url)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return
     fs, path = fs_and_path(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
@@ -219,8 +235,7 @@ def sync_file(url: str) -> None:
 def same_bytes(url: str, data: bytes) -> bool:
     """Whether ``url`` exists and holds exactly ``data`` (so a rerun need not rewrite it)."""
     try:
-        fs, path = fs_and_path(url)
-        if fs.size(path) != len(data):
+        if size(url) != len(data):
             return False
         return read_bytes(url) == data
     except FileNotFoundError:

@@ -10,20 +10,19 @@ per member, which is most of the time of a reshard of small files.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
 import zlib
 from typing import IO
 
+from airflow_curator.core.sink import Sink
 from airflow_curator.core.tarstream import BLOCK, Member
 
 logger = logging.getLogger(__name__)
 
 ZEROS = bytes(BLOCK)
+PADS = [bytes(n) for n in range(BLOCK)]
 END_OF_ARCHIVE = bytes(2 * BLOCK)
-IOV_MAX = 1024
-WRITE_BATCH = 1 << 20  # bytes gathered per writev: few calls, data still in the CPU cache
+BATCH = 1 << 20  # bytes staged per hash call and write: few calls, data still in the CPU cache
 MAX_OCTAL_SIZE = 8**11 - 1  # what 11 octal digits hold; larger sizes use GNU base-256
 
 
@@ -41,7 +40,7 @@ def _template(magic: bytes, typeflag: bytes) -> bytearray:
     return h
 
 
-USTAR = _template(b"ustar\x0000", b"0")
+USTAR = bytes(_template(b"ustar\x0000", b"0"))
 GNU_REGULAR = _template(b"ustar  \x00", b"0")
 GNU_LONG = _template(b"ustar  \x00", b"L")
 GNU_LONG[0:13] = b"././@LongLink"
@@ -53,20 +52,26 @@ def _size_field(size: int) -> bytes:
     return b"\x80" + size.to_bytes(11, "big")
 
 
-def _checksum(h: bytearray) -> None:
+def _checksum(h: bytearray | memoryview) -> None:
     """Byte sum with the checksum field as spaces (adler32's low half is 1 + the sum here)."""
     total = (zlib.adler32(h[:256]) & 0xFFFF) + (zlib.adler32(h[256:]) & 0xFFFF) - 2
     h[148:156] = b"%06o\x00 " % total
+
+
+def _fill_ustar(h: memoryview, raw: bytes, size: int) -> None:
+    """Write the one-block ustar header of a name of at most 100 bytes into ``h``."""
+    h[:] = USTAR
+    h[0 : len(raw)] = raw
+    h[124:136] = _size_field(size)
+    _checksum(h)
 
 
 def header(name: str, size: int) -> bytes:
     """The header block(s) of a regular file ``name`` of ``size`` bytes."""
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) <= 100:
-        h = bytearray(USTAR)
-        h[0 : len(raw)] = raw
-        h[124:136] = _size_field(size)
-        _checksum(h)
+        h = bytearray(BLOCK)
+        _fill_ustar(memoryview(h), raw, size)
         return bytes(h)
     long = bytearray(GNU_LONG)
     payload = raw + b"\x00"
@@ -80,82 +85,131 @@ def header(name: str, size: int) -> bytes:
     return bytes(long) + payload + bytes(pad) + bytes(h)
 
 
+def slot_size(size: int) -> int:
+    """Bytes a member of ``size`` takes with a one-block header and its padding."""
+    return BLOCK + size + (-size % BLOCK)
+
+
 class TarWriter:
     """Appends members to a binary file; keeps the members (for the ``.idx``) and a sha256.
 
-    Headers, data and padding of several records go out in one ``writev`` straight from the
-    caller's buffers, so member bytes are never copied in Python; each record is hashed as it is
-    added, while its bytes are still in the CPU cache.
+    Everything goes through a staging buffer that is hashed a batch at a time, while its bytes
+    are still in the CPU cache, and then handed to a ``Sink``. ``reserve``/``commit`` let a
+    caller read member data straight into the buffer (one copy from the input file to the
+    output in all). ``direct=True`` writes a local file with direct I/O (see ``sink``).
     """
 
-    def __init__(self, f: IO[bytes], *, checksum: bool = True) -> None:
-        self.f = f
-        self.pos = 0
+    def __init__(self, f: IO[bytes], *, checksum: bool = True, direct: bool = False) -> None:
+        self.sink = Sink(f, BATCH, direct=direct)
+        self.pos = 0  # bytes of the archive so far, staged ones included
         self.members: list[Member] = []
         self.sha = hashlib.sha256() if checksum else None
-        self._out: list[bytes | memoryview] = []
-        self._out_bytes = 0
-        self.fd: int | None = None
-        try:
-            fd = f.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            fd = None
-        if fd is not None and hasattr(os, "writev"):
-            f.flush()  # from here on everything goes through the descriptor
-            self.fd = fd
+        self.view = self.sink.view
+        self.n = 0  # staged bytes
+        self.hashed = 0  # of those, already hashed (carried over by the sink)
+        self._sizes: list[int] = []  # of the members reserved
+        self._templates: dict[tuple[int, str], tuple[bytes, bytes, bytes, int]] = {}
+
+    def reserve(self, sizes: list[int]) -> list[memoryview] | None:
+        """Room for members of ``sizes`` with one-block headers (names of at most 100 bytes):
+        a view per member of its header block, data and padding, for the caller to fill with
+        the data (header and padding bytes are overwritten by ``commit``). None when the record
+        does not fit in the buffer: then use ``add_record``. The views are valid until the next
+        call of any other method."""
+        spans = [BLOCK + s + (-s % BLOCK) for s in sizes]
+        total = sum(spans)
+        if self.n + total > BATCH:
+            self._flush()
+            if self.n + total > BATCH:
+                return None
+        view, at, slots = self.view, self.n, []
+        for span in spans:
+            slots.append(view[at : at + span])
+            at += span
+        self._sizes = sizes
+        return slots
+
+    def commit(self, key: str, exts: list[str]) -> bool:
+        """Finish the reserved members, named ``key.ext`` (in ``reserve`` order). False, with
+        nothing written, when a name does not fit a one-block header."""
+        raw = key.encode("utf-8", "surrogateescape")
+        if len(exts) != len(self._sizes):
+            return False
+        key_sum = sum(raw)
+        buf, at, pos, templates = self.sink.buffer, self.n, self.pos, self._templates
+        for ext, size in zip(exts, self._sizes, strict=True):
+            parts = templates.get((len(raw), ext)) or self._template(len(raw), ext)
+            if parts is None:
+                return False
+            after_key, middle, tail, base = parts
+            size_field = b"%011o\x00" % size if size <= MAX_OCTAL_SIZE else _size_field(size)
+            checksum = b"%06o\x00 " % (base + key_sum + sum(size_field))
+            buf[at : at + BLOCK] = b"".join((raw, after_key, size_field, middle, checksum, tail))
+            self.members.append(Member(f"{key}.{ext}", pos, pos + BLOCK, size))
+            at += BLOCK + size
+            pad = -size % BLOCK
+            if pad:
+                buf[at : at + pad] = PADS[pad]
+                at += pad
+            pos += BLOCK + size + pad
+        self.n, self.pos = at, pos
+        self._sizes = []
+        return True
+
+    def _template(self, key_len: int, ext: str) -> tuple[bytes, bytes, bytes, int] | None:
+        """The fixed parts of the header of ``<key_len bytes>.ext`` around its key, size and
+        checksum fields, and the byte sum of the fixed parts with the checksum as spaces: a
+        header is then one join (three per record make this the writer's hot spot)."""
+        suffix = f".{ext}".encode("utf-8", "surrogateescape")
+        if key_len + len(suffix) > 100:
+            return None
+        h = bytearray(USTAR)
+        h[key_len : key_len + len(suffix)] = suffix
+        parts = (bytes(h[key_len:124]), bytes(h[136:148]), bytes(h[156:]), sum(h))
+        self._templates[(key_len, ext)] = parts
+        return parts
 
     def add_record(self, items: list[tuple[str, bytes | memoryview]]) -> None:
-        """Write members (a record's, in the given order); written in batches of records."""
-        bufs: list[bytes | memoryview] = []
-        pos = self.pos
+        """Append members (a record's, in the given order), copying each ``data`` as is."""
         for name, data in items:
-            size = len(data)
-            head = header(name, size)
-            self.members.append(Member(name, pos, pos + len(head), size))
-            pad = -size % BLOCK
-            bufs.append(head)
-            bufs.append(data)
-            if pad:
-                bufs.append(ZEROS[:pad])
-            pos += len(head) + size + pad
-        self._write(bufs, pos - self.pos)
-        self.pos = pos
+            head = header(name, len(data))
+            self.members.append(Member(name, self.pos, self.pos + len(head), len(data)))
+            self._stage(head)
+            self._stage(data)
+            self._stage(ZEROS[: -len(data) % BLOCK])
 
     def add(self, name: str, data: bytes | memoryview) -> Member:
         """Write one member; ``data`` is copied as is."""
         self.add_record([(name, data)])
         return self.members[-1]
 
-    def _write(self, bufs: list[bytes | memoryview], total: int) -> None:
-        if self.sha is not None:
-            for b in bufs:
-                self.sha.update(b)
-        if self.fd is None:
-            for b in bufs:
-                self.f.write(b)
-            return
-        self._out.extend(bufs)  # several records per system call
-        self._out_bytes += total
-        if len(self._out) >= IOV_MAX or self._out_bytes >= WRITE_BATCH:
-            self._flush()
+    def _stage(self, data: bytes | memoryview) -> None:
+        data = memoryview(data).cast("B")
+        while data:
+            if self.n == BATCH:
+                self._flush()
+            take = min(len(data), BATCH - self.n)
+            self.view[self.n : self.n + take] = data[:take]
+            self.n += take
+            self.pos += take
+            data = data[take:]
+
+    def _hash(self) -> None:
+        if self.sha is not None and self.n > self.hashed:
+            self.sha.update(self.view[self.hashed : self.n])
+        self.hashed = self.n
 
     def _flush(self) -> None:
-        bufs, self._out, self._out_bytes = self._out, [], 0
-        for i in range(0, len(bufs), IOV_MAX):
-            chunk = bufs[i : i + IOV_MAX]
-            want = sum(len(b) for b in chunk)
-            done = os.writev(self.fd, chunk)  # type: ignore[arg-type]
-            if done < want:  # short write (rare on files): finish it plainly
-                rest = memoryview(b"".join(chunk))[done:]
-                while rest:
-                    rest = rest[os.write(self.fd, rest) :]  # type: ignore[arg-type]
+        self._hash()
+        self.n = self.hashed = self.sink.emit(self.n)
+        self.view = self.sink.view
 
     def close(self) -> None:
-        """End-of-archive marker (two zero blocks), then write out what is buffered."""
-        self._write([END_OF_ARCHIVE], len(END_OF_ARCHIVE))
-        self.pos += len(END_OF_ARCHIVE)
-        if self._out:
-            self._flush()
+        """End-of-archive marker (two zero blocks), then write out what is staged."""
+        self._stage(END_OF_ARCHIVE)
+        self._hash()
+        self.sink.close(self.n)
+        self.n = self.hashed = 0
 
     @property
     def sha256(self) -> str | None:

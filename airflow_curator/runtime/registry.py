@@ -15,6 +15,7 @@ STEPS: dict[str, str] = {
     "plan-reshard": "plan_reshard",
     "reshard": "reshard",
     "commit": "commit",
+    "to-webdataset": "to_webdataset",
     "annotate": "annotate",
     "report": "report",
     "dedup-fit": "dedup_fit",

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_curator.core.naming import offset_digits, record_id, shard_id, shard_name, split_member
+from airflow_curator.core.naming import (
+    offset_digits,
+    record_id,
+    record_ids,
+    shard_id,
+    shard_name,
+    split_member,
+)
 
 
 def test_record_id_follows_the_seed_convention():
@@ -34,3 +41,10 @@ def test_shard_id_and_split_member():
     assert split_member("a/b.c/000.jpg") == ("a/b.c/000", "jpg")
     assert split_member("000.seg.png") == ("000", "seg.png")
     assert split_member("README") == ("README", "")
+
+
+def test_record_ids_are_record_id_in_bulk():
+    assert record_ids(3, 12, 250, 4) == [record_id(3, i, 250, 4) for i in range(12)]
+    assert record_ids(0, 0) == []
+    with pytest.raises(ValueError, match="do not fit"):
+        record_ids(0, 11, 10)

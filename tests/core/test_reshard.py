@@ -17,6 +17,8 @@ from airflow_curator.core.index import build_index, index_dataset
 from airflow_curator.core.plan import load_plan, plan_reshard
 from airflow_curator.core.reshard import reshard
 from airflow_curator.core.sample import write_sample_dataset
+from airflow_curator.core.tarsource import TarSource
+from airflow_curator.core.tarwriter import TarWriter
 from tests.dali_reader import dali_read
 
 
@@ -120,6 +122,35 @@ def test_same_bytes_whatever_grouping_order_or_index(src, tmp_path):
     shards = {k: v for k, v in fa.items() if not k.startswith("_")}
     assert shards == {k: v for k, v in fb.items() if not k.startswith("_")}
     assert shards == {k: v for k, v in fc.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("samples_per_shard", [10000, 4])
+def test_records_read_into_the_buffer_equal_the_general_path(
+    src, tmp_path, monkeypatch, samples_per_shard
+):
+    """Most records are read straight into the writer's buffer (members reordered there, the
+    .json id patched in place); 4 per shard gives shorter ids, so every .json changes length
+    and those records go the general way after all. Either way: the general path's bytes."""
+    path, _, _ = src
+    index_dataset(path)
+    fast, general = str(tmp_path / "fast"), str(tmp_path / "general")
+    committed = []
+    real_commit = TarWriter.commit
+
+    def counting_commit(self, key, exts):
+        committed.append(real_commit(self, key, exts))
+        return committed[-1]
+
+    monkeypatch.setattr(TarWriter, "commit", counting_commit)
+    run_all(path, fast, samples_per_shard=samples_per_shard, old_id_col="old_key")
+    assert any(committed) == (samples_per_shard == 10000)
+    monkeypatch.setattr(TarSource, "read_into", lambda self, locs, slots: False)
+    committed.clear()
+    run_all(path, general, samples_per_shard=samples_per_shard, old_id_col="old_key")
+    assert not committed
+    shards = {k: v for k, v in files_of(fast).items() if not k.startswith("_")}
+    assert len(shards) >= 3
+    assert shards == {k: v for k, v in files_of(general).items() if not k.startswith("_")}
 
 
 def test_read_back_by_webdataset_library(src, tmp_path):
@@ -270,26 +301,39 @@ def test_stale_input_index_falls_back_to_a_scan(tmp_path, caplog):
     ][0::3]
 
 
-def test_object_store_gives_the_same_bytes_as_local(src, tmp_path):
+@pytest.mark.parametrize("samples_per_shard", [4, 10000])
+def test_object_store_gives_the_same_bytes_as_local(src, tmp_path, monkeypatch, samples_per_shard):
     fsspec = pytest.importorskip("fsspec")
     path, _, _ = src
     fs = fsspec.filesystem("memory")
     root = f"/reshard-test-{os.getpid()}"
+    reads, ranges = [], []  # memory's cat_ranges calls cat_file once per range
+    real_cat_file, real_cat_ranges = type(fs).cat_file, type(fs).cat_ranges
+    monkeypatch.setattr(
+        type(fs), "cat_file", lambda *a, **k: reads.append(a) or real_cat_file(*a, **k)
+    )
+    monkeypatch.setattr(
+        type(fs),
+        "cat_ranges",
+        lambda s, p, *a, **k: ranges.extend(p) or real_cat_ranges(s, p, *a, **k),
+    )
     try:
         for n in os.listdir(path):
             fs.pipe(f"{root}/in/{n}", Path(path, n).read_bytes())
         index_dataset(f"memory://{root}/in")  # ranged reads through the index
         local = str(tmp_path / "out")
-        run_all(path, local, samples_per_shard=4, old_id_col="old")
+        run_all(path, local, samples_per_shard=samples_per_shard, old_id_col="old")
+        reads.clear()
         run_all(
             f"memory://{root}/in",
             f"memory://{root}/out",
             workers=2,
-            samples_per_shard=4,
+            samples_per_shard=samples_per_shard,
             old_id_col="old",
         )
+        assert len(reads) == len(ranges) > 0  # every record came out of the batched range reads
         names = [n for n in sorted(os.listdir(local)) if n[0].isdigit()]
-        assert len(names) >= 6
+        assert len(names) >= 3
         for n in names:
             assert fs.cat(f"{root}/out/{n}") == Path(local, n).read_bytes(), n
         assert fs.exists(f"{root}/out/_SUCCESS")

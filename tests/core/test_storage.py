@@ -68,3 +68,18 @@ def test_sweep_removes_only_own_debris(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [other.name, "00000.idx"]
     assert storage.temporary_target(other.name) == "00001.idx"
     assert storage.temporary_target("00001.idx") is None
+
+
+def test_local_size_and_remove_without_fsspec(tmp_path):
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"12345")
+    d = tmp_path / "d"
+    (d / "e").mkdir(parents=True)
+    assert storage.size(str(f)) == 5 and storage.size(f"file://{f}") == 5
+    assert storage.same_bytes(str(f), b"12345") and not storage.same_bytes(str(f), b"1234")
+    storage.remove(str(f))
+    storage.remove(str(f))  # already gone: nothing to do
+    storage.remove(str(d))
+    assert not f.exists() and not d.exists()
+    with pytest.raises(FileNotFoundError):
+        storage.size(str(f))

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import os
 import tarfile
 
 import pytest
 
 from airflow_curator.core.index import build_index, index_text
-from airflow_curator.core.tarstream import TarScanner
-from airflow_curator.core.tarwriter import TarWriter, header
+from airflow_curator.core.tarstream import BLOCK, TarScanner
+from airflow_curator.core.tarwriter import BATCH, TarWriter, header
 
 MEMBERS = [
     ("000000000.jpg", b""),
@@ -71,17 +74,65 @@ def test_header_checksum_is_valid(size):
     assert info.size == size
 
 
-def test_batched_writes_to_a_file_equal_the_plain_writes(tmp_path):
-    records = [
-        [(f"{i:09d}.{ext}", bytes([i % 256]) * (i % 700)) for ext in ("jpg", "json", "txt")]
-        for i in range(900)  # > IOV_MAX buffers per batch
-    ]
-    path = tmp_path / "t.tar"
+RECORDS = [
+    [(f"{i:09d}.{ext}", bytes([i % 256]) * (i * 37 % 5000)) for ext in ("jpg", "json", "txt")]
+    for i in range(900)  # several staging batches
+] + [[("000000900.bin", bytes(range(256)) * 9000)]]  # a member bigger than a batch
+
+
+def write_records(path, direct: bool, reserve: bool) -> TarWriter:
+    """Write RECORDS to ``path``; ``reserve``: through reserve/commit where it applies."""
     with open(path, "wb") as f:
-        w = TarWriter(f)
-        for r in records:
-            w.add_record(r)
+        w = TarWriter(f, direct=direct)
+        for r in RECORDS:
+            key = r[0][0].split(".")[0]
+            slots = w.reserve([len(d) for _, d in r]) if reserve else None
+            if slots is None:
+                w.add_record(r)
+                continue
+            for slot, (_, data) in zip(slots, r, strict=True):
+                slot[:] = b"\xff" * BLOCK + data + b"\xee" * (len(slot) - BLOCK - len(data))
+            assert w.commit(key, [n.split(".", 1)[1] for n, _ in r])
         w.close()
-    expected, plain = write([m for r in records for m in r])
+    return w
+
+
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("reserve", [False, True])
+def test_file_writes_equal_the_plain_writes(tmp_path, direct, reserve):
+    """Staged batches, direct I/O and filling reserved slots (junk where headers and padding
+    go) all give the bytes of plain member-by-member writes."""
+    path = tmp_path / "t.tar"
+    w = write_records(path, direct, reserve)
+    expected, plain = write([m for r in RECORDS for m in r])
     assert path.read_bytes() == expected
     assert w.sha256 == plain.sha256 and w.pos == len(expected)
+    assert [(m.name, m.offset, m.data_offset, m.size) for m in w.members] == [
+        (m.name, m.offset, m.data_offset, m.size) for m in plain.members
+    ]
+
+
+def test_direct_io_refused_midway_falls_back_to_plain_writes(tmp_path, monkeypatch):
+    real_write, refused = os.write, []
+
+    def write_once_refused(fd, data):
+        if not refused and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write_once_refused)
+    path = tmp_path / "t.tar"
+    w = write_records(path, direct=True, reserve=True)
+    assert refused and not w.sink.direct
+    assert path.read_bytes() == write([m for r in RECORDS for m in r])[0]
+
+
+def test_reserve_refuses_long_names_and_huge_records(tmp_path):
+    w = TarWriter(io.BytesIO())
+    assert w.reserve([BATCH]) is None
+    assert w.reserve([10]) is not None
+    assert not w.commit("k" * 98, ["json"])  # 103 bytes: needs a GNU long name
+    w.add_record([("k" * 98 + ".json", b"{}")])  # the general path writes it
+    w.close()
+    assert w.members[0].name == "k" * 98 + ".json"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -80,6 +81,40 @@ def test_save_metadata_plan_reshard_commit_through_the_cli(tmp_path):
     assert table.column_names == ["key", "caption", "aesthetic_score", "passes_curation", "old_key"]
     assert all(table["passes_curation"].to_pylist())
     assert ids[0] not in table["old_key"].to_pylist()  # a failed annotation never passes
+
+
+def test_to_webdataset_in_one_process_writes_what_the_three_steps_write(tmp_path):
+    src = str(tmp_path / "in")
+    write_sample_dataset(src, shards=3, records_per_shard=5, image_bytes=300)
+    keep = {"keep": lambda i: i % 3 != 0}
+    for n in sorted(os.listdir(src)):
+        if n.endswith(".parquet"):
+            t = pq.read_table(os.path.join(src, n))
+            flags = [keep["keep"](int(k)) for k in t["key"].to_pylist()]
+            pq.write_table(t.append_column("keep", pa.array(flags)), os.path.join(src, n))
+    options = ["--filter-column", "keep", "--samples-per-shard", "4", "--old-id-col", "old"]
+    one, three = tmp_path / "one", tmp_path / "three"
+    res = tmp_path / "r.json"
+    done = result_of(
+        cli("to-webdataset", "--dataset", src, "--output", str(one), *options,
+            "--workers", "2", "--result-json", str(res)),
+        res,
+    )  # fmt: skip
+    assert done["records"] == 10 and done["shards"] == 3 and done["input_records"] == 15
+    assert (one / "_SUCCESS").exists()
+    plan = result_of(
+        cli("plan-reshard", "--dataset", src, "--output", str(three), *options,
+            "--result-json", str(res)),
+        res,
+    )  # fmt: skip
+    assert cli("reshard", "--plan", plan["plan"]).returncode == 0
+    assert cli("commit", "--plan", plan["plan"]).returncode == 0
+    shards = sorted(n for n in os.listdir(one) if n[0].isdigit())
+    assert len(shards) == 9 and shards == sorted(n for n in os.listdir(three) if n[0].isdigit())
+    for n in shards:
+        assert (one / n).read_bytes() == (three / n).read_bytes(), n
+    proc = cli("to-webdataset", "--dataset", src, "--output", str(tmp_path / "x"))
+    assert proc.returncode == 1 and "no column 'passes_curation'" in proc.stderr
 
 
 def test_errors_are_one_line_with_exit_codes(tmp_path):

@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-read every output file and check its sha256 (otherwise: sizes and markers)",
     )
+    add_sync_argument(p)
+
+
+def add_sync_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sync",
         action=argparse.BooleanOptionalAction,

@@ -14,16 +14,20 @@ HELP = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="plan URI written by plan-reshard")
     p.add_argument("--outputs", help="output shard numbers to write, e.g. 0-3; omitted: all")
+    add_workers_argument(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rewrite output shards an earlier attempt already finished for this plan",
+    )
+
+
+def add_workers_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
         default=0,
         help="parallel writers (0: one per CPU, at most the number of output shards)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="rewrite output shards an earlier attempt already finished for this plan",
     )
 
 

@@ -1,0 +1,35 @@
+"""``airflow-curator to-webdataset``: plan-reshard, reshard and commit in one process."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from airflow_curator.runtime.steps.commit import add_sync_argument
+from airflow_curator.runtime.steps.plan_reshard import add_plan_arguments, plan_options
+from airflow_curator.runtime.steps.reshard import add_workers_argument
+
+HELP = (
+    "Reshard a dataset in one process: plan, write every output shard with parallel writers, "
+    "commit. The same code and output as plan-reshard, reshard and commit, which a DAG runs as "
+    "separate tasks."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_plan_arguments(p)
+    add_workers_argument(p)
+    add_sync_argument(p)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_curator.core.reshard import reshard_dataset
+
+    return reshard_dataset(
+        args.dataset,
+        args.output,
+        args.filter_column,
+        workers=args.workers,
+        sync=args.sync,
+        **plan_options(args),
+    )
