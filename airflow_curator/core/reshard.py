@@ -262,9 +262,10 @@ def _copy_record(
 
 
 def write_output(
-    cache: InputCache, out: OutputShard, flusher: Flusher | None = None
+    cache: InputCache, out: OutputShard, flusher: Flusher | None = None, direct_io: bool = True
 ) -> dict[str, Any]:
-    """Write one output shard (tar, idx, parquet, then its marker); return the marker."""
+    """Write one output shard (tar, idx, parquet, then its marker); return the marker.
+    ``direct_io``: write a local tar around the page cache (see ``sink``)."""
     import hashlib
 
     t0 = time.perf_counter()
@@ -275,7 +276,7 @@ def write_output(
     id_col = plan.id_col
     parts = []  # the kept metadata rows, taken piece by piece (inputs may be evicted after)
     with storage.atomic_writer(base + ".tar", fsync=False) as f:
-        writer = TarWriter(f, direct=storage.is_local(base))
+        writer = TarWriter(f, direct=direct_io and storage.is_local(base))
         for stem, first, end in out.pieces:
             entry = cache.get(stem)
             rows = entry["rows"][first:end]
@@ -315,13 +316,13 @@ def write_output(
     return marker
 
 
-def _write_many(task: tuple[str, list[int]]) -> list[dict[str, Any]]:
-    plan_url, indexes = task
+def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
+    plan_url, indexes, direct_io = task
     plan = load_plan(plan_url)
     cache = InputCache(plan)
     flusher = Flusher() if storage.is_local(plan.output) else None
     try:
-        return [write_output(cache, plan.outputs[i], flusher) for i in indexes]
+        return [write_output(cache, plan.outputs[i], flusher, direct_io) for i in indexes]
     finally:
         cache.close()
         if flusher is not None:
@@ -352,12 +353,19 @@ def finished(plan: Plan, indexes: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def reshard(
-    plan_url: str, outputs: str | None = None, *, workers: int = 0, force: bool = False
+    plan_url: str,
+    outputs: str | None = None,
+    *,
+    workers: int = 0,
+    force: bool = False,
+    direct_io: bool = True,
 ) -> dict[str, Any]:
     """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``.
 
     Shards a previous attempt finished for the same plan are skipped unless ``force``: a retried
-    task redoes only what is missing (rewriting would give the same bytes anyway)."""
+    task redoes only what is missing (rewriting would give the same bytes anyway). Local tars
+    are written with direct I/O unless ``direct_io`` is false (e.g. for a network file system
+    that would serve it slowly)."""
     t0 = time.perf_counter()
     plan = load_plan(plan_url)
     wanted = parse_spec(outputs)
@@ -373,7 +381,7 @@ def reshard(
     todo = [i for i in indexes if i not in done]
     n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
-    tasks = [(plan_url, c) for c in chunks if c]
+    tasks = [(plan_url, c, direct_io) for c in chunks if c]
     progress = Progress("reshard", len(todo), logger=logger)
     markers: list[dict[str, Any]] = list(done.values())
     local = storage.is_local(plan.output) and "fork" in multiprocessing.get_all_start_methods()
@@ -427,6 +435,7 @@ def reshard_dataset(
     *,
     workers: int = 0,
     sync: bool = True,
+    direct_io: bool = True,
     **plan_options: Any,
 ) -> dict[str, Any]:
     """Plan, write and commit a reshard in this process: the seed's ``to_webdataset`` and the
@@ -435,7 +444,7 @@ def reshard_dataset(
     from airflow_curator.core.plan import plan_reshard
 
     planned = plan_reshard(dataset, output, filter_column, **plan_options)
-    written = reshard(planned["plan"], workers=workers)
+    written = reshard(planned["plan"], workers=workers, direct_io=direct_io)
     committed = commit(planned["plan"], sync=sync)
     return {
         **committed,

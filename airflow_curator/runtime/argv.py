@@ -29,10 +29,11 @@ def build_argv(step: str, options: Mapping[str, Any], result_json: str | None = 
         flag = action.option_strings[-1]
         if value is None:
             continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
-            if isinstance(action, argparse.BooleanOptionalAction):
-                argv.append(flag if value else f"--no-{flag[2:]}")
-            elif value:
+        if isinstance(action, argparse.BooleanOptionalAction):  # --sync / --no-sync
+            argv.append(action.option_strings[0 if value else 1])
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
                 argv.append(flag)
             continue
         if isinstance(action, argparse._StoreFalseAction):  # e.g. --no-count: count=False

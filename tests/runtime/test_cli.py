@@ -8,7 +8,7 @@ import pytest
 
 from airflow_curator.runtime.argv import build_argv
 from airflow_curator.runtime.cli import main
-from airflow_curator.runtime.registry import STEPS
+from airflow_curator.runtime.registry import STEPS, step_parser
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
@@ -98,3 +98,10 @@ def test_build_argv_matches_the_parser():
     ]
     with pytest.raises(ValueError, match="no option 'frobnicate'"):
         build_argv("index", {"frobnicate": 1})
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_build_argv_of_an_on_off_option_parses_back(value):
+    argv = build_argv("commit", {"plan": "p.json", "sync": value})
+    assert argv == ["commit", "--plan", "p.json", "--sync" if value else "--no-sync"]
+    assert step_parser("commit").parse_args(argv[1:]).sync is value

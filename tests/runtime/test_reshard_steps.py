@@ -97,7 +97,7 @@ def test_to_webdataset_in_one_process_writes_what_the_three_steps_write(tmp_path
     res = tmp_path / "r.json"
     done = result_of(
         cli("to-webdataset", "--dataset", src, "--output", str(one), *options,
-            "--workers", "2", "--result-json", str(res)),
+            "--workers", "2", "--no-direct-io", "--result-json", str(res)),
         res,
     )  # fmt: skip
     assert done["records"] == 10 and done["shards"] == 3 and done["input_records"] == 15

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow_curator.runtime.steps.commit import add_sync_argument
 from airflow_curator.runtime.steps.plan_reshard import add_plan_arguments, plan_options
-from airflow_curator.runtime.steps.reshard import add_workers_argument
+from airflow_curator.runtime.steps.reshard import add_writer_arguments
 
 HELP = (
     "Reshard a dataset in one process: plan, write every output shard with parallel writers, "
@@ -18,7 +18,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_arguments(p)
-    add_workers_argument(p)
+    add_writer_arguments(p)
     add_sync_argument(p)
 
 
@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.filter_column,
         workers=args.workers,
         sync=args.sync,
+        direct_io=args.direct_io,
         **plan_options(args),
     )
