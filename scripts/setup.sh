@@ -17,7 +17,9 @@ log=.venv/setup.log
   # A CUDA build that also runs on the CPU; torchvision must be its pair (see README).
   .venv/bin/python -m pip install -c scripts/constraints.txt "torch==2.14.1" "torchvision==0.29.1"
   # constraints: the exact versions the suite was last run with, so CI is reproducible
-  .venv/bin/python -m pip install -c scripts/constraints.txt -e ".[runtime,dev]"
+  # compat: a path entry instead of an import hook (10 ms off every step's start)
+  .venv/bin/python -m pip install -c scripts/constraints.txt --config-settings editable_mode=compat \
+    -e ".[runtime,dev]"
 } >"$log" 2>&1 || { tail -n 40 "$log" >&2; echo "setup failed: see $log" >&2; exit 1; }
 echo "$want" >"$stamp"
 echo "set up .venv" >&2
