@@ -133,15 +133,14 @@ class TarWriter:
         """Finish the reserved members, named ``key.ext`` (in ``reserve`` order). False, with
         nothing written, when a name does not fit a one-block header."""
         raw = key.encode("utf-8", "surrogateescape")
-        if len(exts) != len(self._sizes):
+        templates = self._templates
+        found = [templates.get((len(raw), ext)) or self._template(len(raw), ext) for ext in exts]
+        if len(exts) != len(self._sizes) or None in found:
             return False
         key_sum = sum(raw)
-        buf, at, pos, templates = self.sink.buffer, self.n, self.pos, self._templates
-        for ext, size in zip(exts, self._sizes, strict=True):
-            parts = templates.get((len(raw), ext)) or self._template(len(raw), ext)
-            if parts is None:
-                return False
-            after_key, middle, tail, base = parts
+        buf, at, pos = self.sink.buffer, self.n, self.pos
+        for ext, size, parts in zip(exts, self._sizes, found, strict=True):
+            after_key, middle, tail, base = parts  # type: ignore[misc]
             size_field = b"%011o\x00" % size if size <= MAX_OCTAL_SIZE else _size_field(size)
             checksum = b"%06o\x00 " % (base + key_sum + sum(size_field))
             buf[at : at + BLOCK] = b"".join((raw, after_key, size_field, middle, checksum, tail))

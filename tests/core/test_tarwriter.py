@@ -133,6 +133,9 @@ def test_reserve_refuses_long_names_and_huge_records(tmp_path):
     assert w.reserve([BATCH]) is None
     assert w.reserve([10]) is not None
     assert not w.commit("k" * 98, ["json"])  # 103 bytes: needs a GNU long name
+    assert w.reserve([10, 20]) is not None
+    assert not w.commit("k", ["jpg", "x" * 99])  # nothing written for the first member either
+    assert w.members == [] and w.pos == 0
     w.add_record([("k" * 98 + ".json", b"{}")])  # the general path writes it
     w.close()
     assert w.members[0].name == "k" * 98 + ".json"
