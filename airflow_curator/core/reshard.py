@@ -159,8 +159,9 @@ def _cast(column: Any, type_: Any) -> Any:
 
 
 def _take(table: Any, rows: list[int]) -> Any:
-    """``table.take(rows)`` without importing the ``pyarrow.compute`` wrapper module (a fifth
-    of a second of every reshard process is startup; the kernel itself is in ``_compute``)."""
+    """``table.take(rows)`` without importing the ``pyarrow.compute`` wrapper module: that
+    import costs ~25 ms, in the serial start of every reshard process; the kernel itself is in
+    ``_compute``, a few milliseconds."""
     import pyarrow as pa
 
     try:
