@@ -278,14 +278,18 @@ def write_output(
     parts = []  # the kept metadata rows, taken piece by piece (inputs may be evicted after)
     with storage.atomic_writer(base + ".tar", fsync=False) as f:
         writer = TarWriter(f, direct=direct_io and storage.is_local(base))
-        for stem, first, end in out.pieces:
-            entry = cache.get(stem)
-            rows = entry["rows"][first:end]
-            parts.append(_take(entry["table"], rows))
-            for old, locs, source in _piece_records(entry, stem, rows):
-                new = ids[len(old_ids)]
-                _copy_record(writer, source, locs, old, new, id_col, out.name)
-                old_ids.append(old)
+        try:
+            for stem, first, end in out.pieces:
+                entry = cache.get(stem)
+                rows = entry["rows"][first:end]
+                parts.append(_take(entry["table"], rows))
+                for old, locs, source in _piece_records(entry, stem, rows):
+                    new = ids[len(old_ids)]
+                    _copy_record(writer, source, locs, old, new, id_col, out.name)
+                    old_ids.append(old)
+        except BaseException:
+            writer.abort()  # before atomic_writer closes the file under the writing thread
+            raise
         writer.close()
         if flusher is not None:
             flusher.submit(f)

@@ -117,6 +117,15 @@ class Sink:
                 continue
             data = data[done:]
 
+    def abort(self) -> None:
+        """Stop after a failure: let writes in flight finish (their errors no longer matter),
+        so none lands after the caller has closed the file and its descriptor is reused."""
+        for i in range(len(self.pending)):
+            with contextlib.suppress(Exception):
+                self._wait(i)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
     def close(self, n: int) -> None:
         """Write the last ``n`` bytes of ``view`` and wait for every write to finish."""
         try:

@@ -210,6 +210,10 @@ class TarWriter:
         self.sink.close(self.n)
         self.n = self.hashed = 0
 
+    def abort(self) -> None:
+        """Give up on the archive (the caller removes the file): waits for writes in flight."""
+        self.sink.abort()
+
     @property
     def sha256(self) -> str | None:
         return self.sha.hexdigest() if self.sha is not None else None

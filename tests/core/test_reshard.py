@@ -153,6 +153,34 @@ def test_records_read_into_the_buffer_equal_the_general_path(
     assert shards == {k: v for k, v in files_of(general).items() if not k.startswith("_")}
 
 
+def test_a_failure_midway_leaves_no_write_in_flight(tmp_path, monkeypatch):
+    """Direct I/O writes from a background thread: when a record fails, the writes in flight
+    finish before the temporary file is closed and removed (a late write could otherwise land
+    in whatever file reuses the descriptor)."""
+    import threading
+
+    import airflow_curator.core.reshard as reshard_module
+
+    path = str(tmp_path / "in")
+    write_sample_dataset(path, shards=1, records_per_shard=40, image_bytes=200_000)
+    add_filter(path, lambda i: True)
+    planned = plan_reshard(path, str(tmp_path / "out"), "keep")
+    calls = []
+    real = reshard_module.rewrite_json
+
+    def fail_late(*args):
+        calls.append(1)
+        if len(calls) == 30:  # several megabytes are staged or in flight by now
+            raise ShardError("00000", "record 29: planted failure")
+        return real(*args)
+
+    monkeypatch.setattr(reshard_module, "rewrite_json", fail_late)
+    with pytest.raises(ShardError, match="planted failure"):
+        reshard(planned["plan"], workers=1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("curator-write")]
+    assert sorted(os.listdir(tmp_path / "out")) == ["_work"]  # no temporary left behind
+
+
 def test_read_back_by_webdataset_library(src, tmp_path):
     webdataset = pytest.importorskip("webdataset")
     path, _, decided = src
