@@ -108,8 +108,8 @@ class InputCache:
                 f"{inp.metadata} changed after planning ({len(rows)} kept now, {inp.kept} "
                 f"planned): run plan-reshard again",
             )
-        source = TarSource(inp.tar)
-        if source.fd is not None and source.size != inp.tar_bytes:
+        source = TarSource(inp.tar, inp.tar_bytes)
+        if source.size != inp.tar_bytes:
             raise ShardError(inp.stem, f"{inp.tar} changed after planning: run plan-reshard again")
         locations: Any = None
         if inp.idx:
