@@ -8,12 +8,11 @@ offsets are the real data offsets for GNU long names and PAX headers too.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import re
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from airflow_curator.core import storage
 from airflow_curator.core.errors import ShardError, TarFormatError
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.tarstream import Member, TarScanner, file_cached
+from airflow_curator.core.workerpool import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -185,11 +185,7 @@ def _run_all(
     if n <= 1:
         yield from map(_index_one, tasks)
         return
-    if local and "fork" in multiprocessing.get_all_start_methods():
-        pool: Any = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
-    else:
-        pool = ThreadPoolExecutor(max(n, 8))
-    with pool:
+    with worker_pool(n if local else max(n, 8), processes=local) as pool:
         futures = [pool.submit(_index_one, t) for t in tasks]
         for fut in as_completed(futures):
             yield fut.result()

@@ -14,15 +14,14 @@ counts) is written last per output shard; ``commit`` checks those markers. Readi
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import json
 import logging
-import multiprocessing
 import os
+import posixpath
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow_curator.core import storage
@@ -30,7 +29,7 @@ from airflow_curator.core.errors import CuratorError, ShardError, preview
 from airflow_curator.core.index import index_text
 from airflow_curator.core.layout import marker_url
 from airflow_curator.core.merge import parquet_bytes
-from airflow_curator.core.naming import record_ids
+from airflow_curator.core.naming import SHARD_EXTS, record_ids
 from airflow_curator.core.plan import (
     InputShard,
     OutputShard,
@@ -51,6 +50,7 @@ from airflow_curator.core.tarsource import (
 )
 from airflow_curator.core.tarstream import BLOCK
 from airflow_curator.core.tarwriter import TarWriter, slot_size
+from airflow_curator.core.workerpool import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -334,6 +334,23 @@ def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
             flusher.close()
 
 
+def sweep_debris(plan: Plan, indexes: list[int]) -> None:
+    """Remove what killed attempts left of these output shards: temporaries of their tar, idx,
+    Parquet and marker (a killed step's writers die with it, mid-file)."""
+    names = [plan.outputs[i].name for i in indexes]
+    if not names:
+        return
+    for folder, finals in (
+        (plan.output, {f"{n}.{ext}" for n in names for ext in SHARD_EXTS}),
+        (posixpath.dirname(marker_url(plan.output, names[0])), {f"{n}.json" for n in names}),
+    ):
+        try:
+            entries = storage.list_files(folder)
+        except FileNotFoundError:
+            continue
+        storage.sweep_temporaries(entries, finals)
+
+
 def finished(plan: Plan, indexes: list[int]) -> dict[int, dict[str, Any]]:
     """Output shards an earlier attempt finished for this same plan: its marker is there and
     every file has the size the marker says (one listing, then only those markers)."""
@@ -384,28 +401,21 @@ def reshard(
     if done:
         logger.info("%d output shards are already written for this plan: skipped", len(done))
     todo = [i for i in indexes if i not in done]
+    sweep_debris(plan, todo)
     n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
     tasks = [(plan_url, c, direct_io) for c in chunks if c]
     progress = Progress("reshard", len(todo), logger=logger)
     markers: list[dict[str, Any]] = list(done.values())
-    local = storage.is_local(plan.output) and "fork" in multiprocessing.get_all_start_methods()
-    frozen = False
-    if len(tasks) <= 1:
-        results: Any = map(_write_many, tasks)
-        pool = None
-    elif local:
-        importlib.import_module("pyarrow.parquet")  # once here, not in every worker
-        # what exists now is shared with the workers: keep their collections off it (no
-        # copy-on-write of every object a collection touches, as the gc docs advise)
-        gc.freeze()
-        frozen = True
-        pool = ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("fork"))
-        results = pool.map(_write_many, tasks)
-    else:
-        pool = ThreadPoolExecutor(len(tasks))
-        results = pool.map(_write_many, tasks)
-    try:
+    local = storage.is_local(plan.output)
+    with contextlib.ExitStack() as stack:
+        if len(tasks) <= 1:
+            results: Any = map(_write_many, tasks)
+        else:
+            if local:
+                importlib.import_module("pyarrow.parquet")  # once here, not in every worker
+            pool = stack.enter_context(worker_pool(len(tasks), processes=local))
+            results = pool.map(_write_many, tasks)
         for batch in results:
             markers.extend(batch)
             progress.update(
@@ -413,11 +423,6 @@ def reshard(
                 items=sum(m["records"] for m in batch),
                 nbytes=sum(m["files"]["tar"]["size"] for m in batch),
             )
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        if frozen:
-            gc.unfreeze()
     seconds = time.perf_counter() - t0
     nbytes = sum(m["files"]["tar"]["size"] for m in markers)
     return {

@@ -181,6 +181,21 @@ def test_a_failure_midway_leaves_no_write_in_flight(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "out")) == ["_work"]  # no temporary left behind
 
 
+def test_rewriting_a_shard_removes_only_its_own_debris(src, tmp_path):
+    path, _, _ = src
+    out = tmp_path / "out"
+    planned = plan_reshard(path, str(out), "keep", samples_per_shard=3)
+    markers = out / "_work" / "reshard"
+    markers.mkdir(parents=True)
+    mine = [out / ".00001.tar.tmp-999999-aaaa", markers / ".00001.json.tmp-999999-bbbb"]
+    other = out / ".00000.parquet.tmp-999999-cccc"  # another group's: it may be writing now
+    for f in [*mine, other]:
+        f.write_bytes(b"half")
+    reshard(planned["plan"], "1")
+    assert not any(f.exists() for f in mine) and other.exists()
+    assert (out / "00001.tar").exists() and not (out / "00000.tar").exists()
+
+
 def test_read_back_by_webdataset_library(src, tmp_path):
     webdataset = pytest.importorskip("webdataset")
     path, _, decided = src
