@@ -10,7 +10,6 @@ copy, every page of the parent's objects (the ``gc`` documentation's advice for 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import multiprocessing
@@ -30,6 +29,8 @@ def can_fork() -> bool:
 
 def _die_with_parent(parent: int) -> None:
     """In a new worker: ask the kernel for SIGKILL when the parent goes away."""
+    import ctypes  # here, in the workers: not on the parent's serial start
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

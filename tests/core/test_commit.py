@@ -74,8 +74,10 @@ def test_leftovers_swept_and_success_removed_by_a_new_plan(planned):
     p2 = plan_reshard(src, str(out), "keep", samples_per_shard=2)
     assert not (out / "_SUCCESS").exists()
     assert p2["output_shards"] == 1
-    (out / ".00000.tar.tmp-123-abcdef12").write_bytes(b"half")
+    (out / ".00000.tar.tmp-123-abcdef12").write_bytes(b"half")  # reshard sweeps its own
+    (out / ".00007.tar.tmp-123-abcdef12").write_bytes(b"half")  # no shard of this plan
     reshard(p2["plan"])
+    assert not (out / ".00000.tar.tmp-123-abcdef12").exists()
     result = commit(p2["plan"])
     assert result["removed"] == 9  # 2 stale shards x (3 files + marker) + the temporary
     names = sorted(os.listdir(out))
