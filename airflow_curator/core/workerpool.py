@@ -1,5 +1,5 @@
 """Parallel workers for shard work: forked processes locally (CPU-bound parsing, hashing and
-copying), threads for object stores (network latency), or none for a single task.
+copying), threads for object stores (network latency).
 
 Forked workers die with the process that forked them (Linux ``PR_SET_PDEATHSIG``): a step that
 is killed, say by a task timeout, leaves no orphan still writing. What existed before the fork
