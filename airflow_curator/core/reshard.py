@@ -237,23 +237,23 @@ def _copy_record(
     extended headers, a ``.json`` whose length changes, or long names take the general path,
     which writes the same bytes."""
     slots = writer.reserve([size for _, _, size in locs])
-    datas: list[Any] = []
     if slots is not None and source.read_into(locs, slots):
-        same = True
-        for slot, (ext, _, size) in zip(slots, locs, strict=True):
-            data = slot[BLOCK : BLOCK + size]
+        metas: dict[int, bytes] = {}  # .json members whose length changed
+        for i, (ext, _, size) in enumerate(locs):
             if ext == "json":
+                data = slots[i][BLOCK : BLOCK + size]
                 meta = rewrite_json(data, id_col, old, new, shard)
                 if len(meta) == size:
                     data[:] = meta
                 else:
-                    same = False
-                data = meta
-            datas.append(data)
-        if same and writer.commit(new, [ext for ext, _, _ in locs]):
+                    metas[i] = meta
+        if not metas and writer.commit(new, [ext for ext, _, _ in locs]):
             return
         # copies: the views point into the buffer that add_record writes to
-        datas = [bytes(d) for d in datas]
+        datas: list[Any] = [
+            metas.get(i) or bytes(slot[BLOCK : BLOCK + size])
+            for i, (slot, (_, _, size)) in enumerate(zip(slots, locs, strict=True))
+        ]
     else:
         datas = source.read(locs)
         for i, (ext, _, _) in enumerate(locs):

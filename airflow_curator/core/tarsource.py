@@ -112,10 +112,6 @@ def index_matches(
     return True
 
 
-def _first(item: tuple) -> int:
-    return item[0]
-
-
 class TarSource:
     """Byte ranges of one input tar: positional reads locally, merged range reads elsewhere.
 
@@ -182,15 +178,17 @@ class TarSource:
         padding, the members back to back in any order) into ``slots``, the writer's header +
         data + padding views in ``locs`` order: one ``preadv`` reads the whole record, the input
         headers landing where the new headers go. False, reading nothing, for other layouts."""
-        pairs = sorted(zip([off for _, off, _ in locs], slots, [s for _, _, s in locs]), key=_first)
-        start = at = pairs[0][0] - BLOCK
-        for off, slot, size in pairs:
-            if off != at + BLOCK or len(slot) != BLOCK + size + (-size % BLOCK):
+        offsets = [off for _, off, _ in locs]
+        order = sorted(range(len(locs)), key=offsets.__getitem__)
+        start = at = offsets[order[0]] - BLOCK
+        for i in order:
+            size = locs[i][2]
+            if offsets[i] != at + BLOCK or len(slots[i]) != BLOCK + size + (-size % BLOCK):
                 return False
-            at += len(slot)
+            at += len(slots[i])
         if start < 0 or at > self.size:
             return False  # a truncated last member: read its data alone
-        views = [slot for _, slot, _ in pairs]
+        views = [slots[i] for i in order]
         if self.fd is None:
             blob = memoryview(self.get(start, at - start))
             for v in views:
