@@ -207,7 +207,7 @@ class Annotator:
 
         if self.weights is None or not storage.exists(url):  # random weights: never reuse
             return False
-        fs, path = storage.fs_and_path(url)
+        fs, path = storage.arrow_fs(url)
         try:
             meta = pq.read_schema(path, filesystem=fs).metadata or {}
         except Exception:  # unreadable: annotate again, the write replaces it atomically

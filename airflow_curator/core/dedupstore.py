@@ -80,7 +80,7 @@ def stem(number: int) -> str:
 def read_parquet(url: str, shard: str, columns: list[str] | None = None, **kw: Any) -> Any:
     import pyarrow.parquet as pq
 
-    fs, path = storage.fs_and_path(url)
+    fs, path = storage.arrow_fs(url)
     try:
         return pq.read_table(path, filesystem=fs, columns=columns, **kw)
     except FileNotFoundError:
@@ -95,7 +95,7 @@ def parquet_file(url: str, shard: str) -> Any:
     """A ``pyarrow.parquet.ParquetFile`` (footer read only) for row-group reads."""
     import pyarrow.parquet as pq
 
-    fs, path = storage.fs_and_path(url)
+    fs, path = storage.arrow_fs(url)
     try:
         return pq.ParquetFile(path, filesystem=fs)
     except FileNotFoundError:
@@ -108,7 +108,7 @@ def present(url: str, shard: str, wanted: list[str]) -> list[str]:
     """Those of ``wanted`` columns the file has (one footer read), so reads skip the rest."""
     import pyarrow.parquet as pq
 
-    fs, path = storage.fs_and_path(url)
+    fs, path = storage.arrow_fs(url)
     try:
         names = set(pq.read_schema(path, filesystem=fs).names)
     except FileNotFoundError:

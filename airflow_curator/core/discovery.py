@@ -185,11 +185,8 @@ def discover(
 def _parquet_rows(shard: Shard) -> int:
     import pyarrow.parquet as pq
 
-    url: str = shard.parquet  # type: ignore[assignment]
+    fs, path = storage.arrow_fs(shard.parquet)  # type: ignore[arg-type]
     try:
-        if storage.is_local(url):  # no fsspec import for local folders
-            return pq.read_metadata(storage.local_path(url)).num_rows
-        fs, path = storage.fs_and_path(url)
         return pq.read_metadata(path, filesystem=fs).num_rows
     except Exception as e:  # pyarrow raises several types for a bad footer
         raise ShardError(shard.stem, f"{shard.parquet} is not a readable Parquet file: {e}") from e

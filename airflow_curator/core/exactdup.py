@@ -45,7 +45,7 @@ def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] |
 
     if shard.parquet is None:
         return None
-    fs, path = storage.fs_and_path(shard.parquet)
+    fs, path = storage.arrow_fs(shard.parquet)
     if SHA_COLUMN not in pq.read_schema(path, filesystem=fs).names:
         return None
     table = ds.read_parquet(shard.parquet, shard.stem, columns=[id_col, SHA_COLUMN])

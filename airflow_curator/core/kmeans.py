@@ -130,7 +130,7 @@ def sample_embeddings(files: list[tuple[int, str]], size: int, seed: int) -> Any
 
     rows = {}
     for number, url in files:
-        fs, path = storage.fs_and_path(url)
+        fs, path = storage.arrow_fs(url)
         rows[number] = pq.read_metadata(path, filesystem=fs).num_rows
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files))

@@ -21,7 +21,7 @@ def read_table(parquet_url: str, shard: str = "?", columns: list[str] | None = N
     """The shard's Parquet as a pyarrow Table."""
     import pyarrow.parquet as pq
 
-    fs, path = storage.fs_and_path(parquet_url)
+    fs, path = storage.arrow_fs(parquet_url)
     try:
         return pq.read_table(path, filesystem=fs, columns=columns)
     except FileNotFoundError:
@@ -49,7 +49,7 @@ def read_shard_ids(parquet_url: str, id_col: str, shard: str = "?") -> tuple[lis
     """The checked id column and the ids of failed-download rows (see ``failed_ids``)."""
     import pyarrow.parquet as pq
 
-    fs, path = storage.fs_and_path(parquet_url)
+    fs, path = storage.arrow_fs(parquet_url)
     try:
         names = pq.read_schema(path, filesystem=fs).names
     except Exception as e:

@@ -104,15 +104,12 @@ def load_plan(url: str) -> Plan:
 
 
 def read_parquet(url: str, shard: str, columns: list[str] | None = None) -> tuple[Any, Any]:
-    """(Arrow schema, table of ``columns``) of one Parquet; local paths skip fsspec's import."""
+    """(Arrow schema, table of ``columns``) of one Parquet."""
     import pyarrow.parquet as pq
 
-    if storage.is_local(url):
-        path, fs = storage.local_path(url), None
-    else:
-        fs, path = storage.fs_and_path(url)
+    fs, path = storage.arrow_fs(url)
     try:
-        pf = pq.ParquetFile(path, filesystem=fs) if fs is not None else pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, filesystem=fs)
         schema = pf.schema_arrow
         missing = [c for c in columns or () if c not in schema.names]
         if missing:

@@ -38,6 +38,14 @@ def fs_and_path(url: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url)
 
 
+def arrow_fs(url: str) -> tuple[Any, str]:
+    """``(filesystem, path)`` for pyarrow's readers: no filesystem for a local path, which
+    spares every step fsspec's import (pyarrow reads local files itself)."""
+    if is_local(url):
+        return None, local_path(url)
+    return fs_and_path(url)
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
