@@ -18,7 +18,12 @@ from typing import Any
 
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError, ShardError, preview
-from airflow_curator.core.layout import MARKERS, OUTPUT_MANIFEST, SUCCESS, WORK, marker_url
+from airflow_curator.core.layout import (
+    OUTPUT_MANIFEST,
+    SUCCESS,
+    marker_url,
+    markers_url,
+)
 from airflow_curator.core.naming import SHARD_EXTS, SHARD_STEM
 from airflow_curator.core.plan import Plan, load_plan
 
@@ -40,16 +45,9 @@ def _file_sha256(url: str) -> str:
     return h.hexdigest()
 
 
-def _listing(url: str) -> list[storage.Entry]:
-    try:
-        return storage.list_files(url)
-    except FileNotFoundError:
-        return []
-
-
 def check_outputs(plan: Plan, verify_hashes: bool = False, threads: int = 16) -> list[dict]:
     """The markers of all planned outputs, checked against the plan and the folder listing."""
-    listing = {e.name: e for e in _listing(plan.output)}
+    listing = {e.name: e for e in storage.list_files(plan.output, missing_ok=True)}
     urls = [marker_url(plan.output, o.name) for o in plan.outputs]
     with ThreadPoolExecutor(max(1, min(threads, len(urls)))) as pool:
         markers = list(pool.map(_read_marker, urls))
@@ -95,14 +93,14 @@ def leftovers(plan: Plan) -> list[str]:
     """URLs the plan does not account for: temporaries, stale shard files and markers."""
     expected = {f"{o.name}.{ext}" for o in plan.outputs for ext in SHARD_EXTS}
     stale: list[str] = []
-    for e in _listing(plan.output):
+    for e in storage.list_files(plan.output, missing_ok=True):
         stem, _, ext = e.name.partition(".")
         if storage.TMP_MARK in e.name or (
             ext in SHARD_EXTS and SHARD_STEM.match(stem) and e.name not in expected
         ):
             stale.append(e.url)
     names = {f"{o.name}.json" for o in plan.outputs}
-    for e in _listing(storage.join(plan.output, WORK, MARKERS)):
+    for e in storage.list_files(markers_url(plan.output), missing_ok=True):
         if e.name not in names:
             stale.append(e.url)
     return stale

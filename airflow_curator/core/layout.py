@@ -39,8 +39,13 @@ def plan_url(output: str) -> str:
     return join(output, WORK, PLAN_NAME)
 
 
+def markers_url(output: str) -> str:
+    """The folder of reshard's per-shard markers."""
+    return join(output, WORK, MARKERS)
+
+
 def marker_url(output: str, name: str) -> str:
-    return join(output, WORK, MARKERS, f"{name}.json")
+    return join(markers_url(output), f"{name}.json")
 
 
 def dedup_url(output: str) -> str:

@@ -18,7 +18,6 @@ import importlib
 import json
 import logging
 import os
-import posixpath
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from typing import Any
 from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError, ShardError, preview
 from airflow_curator.core.index import index_text
-from airflow_curator.core.layout import marker_url
+from airflow_curator.core.layout import marker_url, markers_url
 from airflow_curator.core.merge import parquet_bytes
 from airflow_curator.core.naming import SHARD_EXTS, record_ids
 from airflow_curator.core.plan import (
@@ -334,42 +333,37 @@ def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
             flusher.close()
 
 
-def sweep_debris(plan: Plan, indexes: list[int]) -> None:
-    """Remove what killed attempts left of these output shards: temporaries of their tar, idx,
-    Parquet and marker (a killed step's writers die with it, mid-file)."""
+def sweep_debris(plan: Plan, indexes: list[int], listing: list[storage.Entry]) -> None:
+    """Remove what killed attempts left of these output shards (``listing``: the output folder's):
+    temporaries of their tar, idx, Parquet and marker (a killed step's writers die with it,
+    mid-file)."""
     names = [plan.outputs[i].name for i in indexes]
     if not names:
         return
-    for folder, finals in (
-        (plan.output, {f"{n}.{ext}" for n in names for ext in SHARD_EXTS}),
-        (posixpath.dirname(marker_url(plan.output, names[0])), {f"{n}.json" for n in names}),
-    ):
-        try:
-            entries = storage.list_files(folder)
-        except FileNotFoundError:
-            continue
-        storage.sweep_temporaries(entries, finals)
+    storage.sweep_temporaries(listing, {f"{n}.{ext}" for n in names for ext in SHARD_EXTS})
+    storage.sweep_temporaries(
+        storage.list_files(markers_url(plan.output), missing_ok=True), {f"{n}.json" for n in names}
+    )
 
 
-def finished(plan: Plan, indexes: list[int]) -> dict[int, dict[str, Any]]:
+def finished(
+    plan: Plan, indexes: list[int], listing: list[storage.Entry]
+) -> dict[int, dict[str, Any]]:
     """Output shards an earlier attempt finished for this same plan: its marker is there and
-    every file has the size the marker says (one listing, then only those markers)."""
-    try:
-        listing = {e.name: e.size for e in storage.list_files(plan.output)}
-    except FileNotFoundError:
-        return {}
+    every file has the size ``listing`` (the output folder's) gives it."""
+    sizes = {e.name: e.size for e in listing}
     digest = plan.digest
     done: dict[int, dict[str, Any]] = {}
     for i in indexes:
         name = plan.outputs[i].name
-        if f"{name}.tar" not in listing:
+        if f"{name}.tar" not in sizes:
             continue
         try:
             marker = json.loads(storage.read_bytes(marker_url(plan.output, name)))
         except FileNotFoundError:
             continue
         files = marker.get("files", {}).values()
-        if marker.get("plan") == digest and all(listing.get(f["name"]) == f["size"] for f in files):
+        if marker.get("plan") == digest and all(sizes.get(f["name"]) == f["size"] for f in files):
             done[i] = marker
     return done
 
@@ -397,11 +391,12 @@ def reshard(
         raise CuratorError(
             f"outputs {format_spec(extra)} are not in the plan ({len(plan.outputs)} outputs)"
         )
-    done = {} if force else finished(plan, indexes)
+    listing = storage.list_files(plan.output, missing_ok=True)  # one listing for both
+    done = {} if force else finished(plan, indexes, listing)
     if done:
         logger.info("%d output shards are already written for this plan: skipped", len(done))
     todo = [i for i in indexes if i not in done]
-    sweep_debris(plan, todo)
+    sweep_debris(plan, todo, listing)
     n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
     tasks = [(plan_url, c, direct_io) for c in chunks if c]

@@ -78,8 +78,14 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
-def list_files(url: str) -> list[Entry]:
-    """All plain files directly in a folder, from one listing call (no per-file stat)."""
+def list_files(url: str, *, missing_ok: bool = False) -> list[Entry]:
+    """All plain files directly in a folder, from one listing call (no per-file stat).
+    ``missing_ok``: a folder that does not exist (yet) has no files."""
+    if missing_ok:
+        try:
+            return list_files(url)
+        except FileNotFoundError:
+            return []
     if is_local(url):
         root = local_path(url)
         entries = []
