@@ -24,10 +24,11 @@ import logging
 import os
 import sys
 import tarfile
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import scratch_dir
 
 
 def write_shard(folder: str, records: int, seed: int = 0) -> None:
@@ -83,8 +84,7 @@ def main() -> int:
     from airflow_curator.core.records import iter_records
     from airflow_curator.core.tinymodel import write_tiny_models
 
-    tmp = None if args.dir else tempfile.TemporaryDirectory(prefix="bench-annotate-")
-    root = args.dir or tmp.name  # type: ignore[union-attr]
+    root = scratch_dir(args.dir, "bench-annotate-")
     dataset = os.path.join(root, f"dataset-{args.records}")
     if not os.path.exists(os.path.join(dataset, "00000.idx")):
         write_shard(dataset, args.records)
@@ -212,8 +212,6 @@ def main() -> int:
         f"  ours / naive loop: {e2e / results['naive loop (PIL + torchvision + model)']:.2f}x "
         "(target >= 1.5 for the tiny model)"
     )
-    if tmp:
-        tmp.cleanup()
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import tool
+from benchmarks.common import scratch_dir, tool
 
 
 def step(name: str, options: list[str], workdir: str) -> tuple[dict, float, float]:
@@ -62,11 +62,7 @@ def main() -> int:
 
     from airflow_curator.core.embedsample import write_annotation_sample
 
-    tmp = None
-    out = args.dir
-    if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-dedup-")
-        out = tmp.name
+    out = scratch_dir(args.dir, "bench-dedup-")
     ann = os.path.join(out, "_work", "annotations")
     shards = max(1, args.records // args.records_per_shard)
     planted_file = os.path.join(out, "planted.json")
@@ -129,8 +125,6 @@ def main() -> int:
         f"  duplicates: {res['duplicates']} marked; planted pairs: recall "
         f"{hit / max(len(expected), 1):.4f}, precision {hit / max(len(removed), 1):.4f}"
     )
-    if tmp:
-        tmp.cleanup()
     return 0
 
 

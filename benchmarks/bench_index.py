@@ -16,7 +16,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import cat, drop_cache, run, timed, tool, warm_cache
+from benchmarks.common import cat, drop_cache, run, scratch_dir, timed, tool, warm_cache
 
 
 def main() -> int:
@@ -30,11 +30,7 @@ def main() -> int:
 
     from airflow_curator.core.sample import write_sample_dataset
 
-    tmp = None
-    folder = args.dir
-    if folder is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-index-")
-        folder = tmp.name
+    folder = scratch_dir(args.dir, "bench-index-")
     tars = sorted(glob.glob(os.path.join(folder, "*.tar")))
     if len(tars) != args.shards:
         write_sample_dataset(
@@ -91,8 +87,6 @@ def main() -> int:
     print(f"  airflow-curator index  {c_ours:7.3f} s   {size / 1e6 / c_ours:8.0f} MB/s")
     print(f"  cat > /dev/null        {c_cat:7.3f} s   {size / 1e6 / c_cat:8.0f} MB/s")
     print(f"  ours / cat             {c_ours / c_cat:7.2f} x   (target <= 1.3)")
-    if tmp:
-        tmp.cleanup()
     return 0
 
 

@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import timed, tool, warm_cache
+from benchmarks.common import scratch_dir, timed, tool, warm_cache
 
 KEEP = "keep"
 # byte-compiled modules cached outside the tree, as an installed package has them
@@ -124,11 +124,7 @@ def main() -> int:
         webdataset_reshard(*args.webdataset_child, args.samples_per_shard)
         return 0
 
-    tmp = None
-    root = args.dir
-    if root is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-reshard-")
-        root = tmp.name
+    root = scratch_dir(args.dir, "bench-reshard-")
     src = os.path.join(root, "input")
     stamp = os.path.join(src, "_bench.json")
     spec = {k: getattr(args, k) for k in ("records", "shards", "image_bytes", "keep", "seed")}
@@ -245,8 +241,6 @@ def main() -> int:
         f"  ours vs webdataset library   {t_wds / t_one:6.2f} x  "
         f"(three steps {t_wds / t_three:.2f} x; target >= 5)"
     )
-    if tmp:
-        tmp.cleanup()
     return 0
 
 

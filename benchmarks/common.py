@@ -6,10 +6,23 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 BIN = os.path.dirname(sys.executable)
+
+
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def scratch_dir(given: str | None, prefix: str) -> str:
+    """``given`` (a folder the user keeps), or a temporary one that is removed when the script
+    ends, however it ends."""
+    if given:
+        return given
+    _SCRATCH.append(tempfile.TemporaryDirectory(prefix=prefix))
+    return _SCRATCH[-1].name
 
 
 def tool(name: str) -> str:
