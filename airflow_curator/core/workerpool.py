@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-
-logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 
