@@ -18,14 +18,14 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from airflow_curator.core import storage
-from airflow_curator.core.annotate import (
+from airflow_curator.core.annotate.annotator import (
     NONE,
     Annotator,
     Options,
     annotate_dataset,
     annotations_url,
 )
+from airflow_curator.core.io import storage
 from airflow_curator.dataset import ImageTextPairDataset
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_curator.core.discovery import Manifest, discover
+from airflow_curator.core.dataset.discovery import Manifest, discover
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ImageTextPairDataset:
         if self._metadata is None:
             import pyarrow as pa
 
-            from airflow_curator.core.metadata import read_table
+            from airflow_curator.core.dataset.metadata import read_table
 
             tables = []
             for s in self.manifest.shards:
@@ -65,7 +65,7 @@ class ImageTextPairDataset:
         atomically), joined by id with ``annotations`` (folders of ``NNNNN.parquet``) when
         given; ``columns`` keeps a subset (the id always); thresholds and ``require`` (boolean
         columns such as ``is_unique``) write ``filter_column``."""
-        from airflow_curator.core.merge import Thresholds, save_metadata
+        from airflow_curator.core.dataset.save_metadata import Thresholds, save_metadata
 
         result = save_metadata(
             self.path,
@@ -95,7 +95,7 @@ class ImageTextPairDataset:
         """Write the records whose ``filter_column`` is true as a new dataset at ``path``: new ids,
         ``.json`` ids rewritten, member bytes unchanged, ``.idx`` and Parquet per shard, then a
         manifest and ``_SUCCESS``. Same code as the plan-reshard, reshard and commit steps."""
-        from airflow_curator.core.reshard import reshard_dataset
+        from airflow_curator.core.reshard.writer import reshard_dataset
 
         reshard_dataset(
             self.path,

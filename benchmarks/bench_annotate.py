@@ -38,8 +38,8 @@ def write_shard(folder: str, records: int, seed: int = 0) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from airflow_curator.core.index import build_index
-    from airflow_curator.core.sample import WORDS, add_member
+    from airflow_curator.core.wds.index import build_index
+    from airflow_curator.testing.dataset import WORDS, add_member
 
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -79,10 +79,10 @@ def main() -> int:
     import torch
     from PIL import Image
 
-    from airflow_curator.core.annotate import Annotator, Options, scan_shard
-    from airflow_curator.core.discovery import discover
-    from airflow_curator.core.records import iter_records
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.core.annotate.annotator import Annotator, Options, scan_shard
+    from airflow_curator.core.dataset.discovery import discover
+    from airflow_curator.core.wds.records import iter_records
+    from airflow_curator.testing.models import write_tiny_models
 
     root = scratch_dir(args.dir, "bench-annotate-")
     dataset = os.path.join(root, f"dataset-{args.records}")
@@ -101,8 +101,8 @@ def main() -> int:
         batch_size=args.batch_size,
     )
     if args.model != "tiny":  # random heads as wide as the model's embeddings
-        from airflow_curator.core.clip import ClipModel, model_spec
-        from airflow_curator.core.heads import save_head
+        from airflow_curator.core.annotate.clip import ClipModel, model_spec
+        from airflow_curator.core.annotate.heads import save_head
 
         width = ClipModel(model_spec(args.model), None).embed_dim
         for kind in ("aesthetic", "nsfw"):
@@ -154,7 +154,7 @@ def main() -> int:
 
     def dali_only() -> int:
         records = scan_shard(tar, "00000", "key", size)
-        from airflow_curator.core.index import index_text
+        from airflow_curator.core.wds.index import index_text
 
         text, _ = index_text([r.image for r in records])  # type: ignore[misc]
         assert annotator.decoder is not None

@@ -60,7 +60,7 @@ def main() -> int:
 
     import pyarrow.parquet as pq
 
-    from airflow_curator.core.embedsample import write_annotation_sample
+    from airflow_curator.testing.annotations import write_annotation_sample
 
     out = scratch_dir(args.dir, "bench-dedup-")
     ann = os.path.join(out, "_work", "annotations")

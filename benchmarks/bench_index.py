@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("--dir", help="dataset folder to (re)use; default a temp dir")
     args = p.parse_args()
 
-    from airflow_curator.core.sample import write_sample_dataset
+    from airflow_curator.testing.dataset import write_sample_dataset
 
     folder = scratch_dir(args.dir, "bench-index-")
     tars = sorted(glob.glob(os.path.join(folder, "*.tar")))

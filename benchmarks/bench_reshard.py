@@ -54,8 +54,8 @@ def make_dataset(folder: str, args: argparse.Namespace) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from airflow_curator.core.index import index_dataset
-    from airflow_curator.core.sample import write_sample_dataset
+    from airflow_curator.core.wds.index import index_dataset
+    from airflow_curator.testing.dataset import write_sample_dataset
 
     write_sample_dataset(
         folder,
@@ -76,7 +76,7 @@ def webdataset_reshard(src: str, out: str, samples_per_shard: int) -> int:
     import pyarrow.parquet as pq
     import webdataset as wds
 
-    from airflow_curator.core.naming import record_id
+    from airflow_curator.core.wds.naming import record_id
 
     keep: set[str] = set()
     for p in sorted(glob.glob(os.path.join(src, "*.parquet"))):

@@ -28,8 +28,8 @@ echo "2/3 generating a sample dataset (4 shards x 16 records) and a tiny CLIP mo
 .venv/bin/python - "$demo" >>"$log" 2>&1 <<'EOF'
 import sys
 
-from airflow_curator.core.sample import write_sample_dataset
-from airflow_curator.core.tinymodel import write_tiny_models
+from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.models import write_tiny_models
 
 demo = sys.argv[1]
 write_sample_dataset(f"{demo}/drops/sample", shards=4, records_per_shard=16, seed=7)

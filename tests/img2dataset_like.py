@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_curator.core.sample import make_jpeg
+from airflow_curator.testing.dataset import make_jpeg
 
 
 @dataclass

@@ -6,14 +6,14 @@ import pytest
 
 from airflow_curator import ImageTextPairDataset
 from airflow_curator.annotation import AestheticClassifier, ClipImageEmbedder, NsfwClassifier
-from tests.core.annotate_fixtures import write_awkward_shard
+from tests.core.annotate.fixtures import write_awkward_shard
 
 pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 
 def test_embedder_and_classifiers_join_scores_by_id(tmp_path):
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.testing.models import write_tiny_models
 
     tiny = write_tiny_models(str(tmp_path / "tiny"))
     kinds = {

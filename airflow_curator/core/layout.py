@@ -6,7 +6,7 @@ For output ``O``: the curated dataset itself in ``O`` (shards, ``_manifest.json`
 
 from __future__ import annotations
 
-from airflow_curator.core.storage import join
+from airflow_curator.core.io.storage import join
 
 WORK = "_work"
 SUCCESS = "_SUCCESS"

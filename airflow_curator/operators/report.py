@@ -14,7 +14,8 @@ from typing import Any
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
-from airflow_curator.core import layout, storage
+from airflow_curator.core import layout
+from airflow_curator.core.io import storage
 from airflow_curator.operators.base import RESULT_KEY, CuratorOperator
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from airflow_curator.core import storage
 from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.io import storage
 from airflow_curator.runtime.registry import STEPS, build_parser, step_module
 
 logger = logging.getLogger("airflow_curator")

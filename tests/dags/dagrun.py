@@ -52,7 +52,7 @@ def plant_exact_duplicate(dataset: str, original: str, copy: str) -> None:
     """Give record ``copy`` the very image bytes of ``original`` (the dedup stage must drop it)."""
     import tarfile
 
-    from airflow_curator.core.sample import add_member
+    from airflow_curator.testing.dataset import add_member
 
     def members(path: str) -> list[tuple[str, bytes]]:
         with tarfile.open(path) as tar:
@@ -101,8 +101,8 @@ def main(work: str) -> dict[str, Any]:
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
     report: dict[str, Any] = {"migrate_s": round(time.perf_counter() - t0, 1)}
 
-    from airflow_curator.core.sample import write_sample_dataset
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.models import write_tiny_models
 
     drops, curated = os.path.join(work, "drops"), os.path.join(work, "curated")
     dataset = os.path.join(drops, "manual")

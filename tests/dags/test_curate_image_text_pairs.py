@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_curator.core.naming import record_id
+from airflow_curator.core.wds.naming import record_id
 from tests.dags.dagrun import BACKFILL_DATE, REPO
 
 DAG_FILE = os.path.join(REPO, "dags", "curate_image_text_pairs.py")

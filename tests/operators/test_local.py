@@ -9,7 +9,7 @@ import pytest
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_curator.core.discovery import load_manifest
+from airflow_curator.core.dataset.discovery import load_manifest
 from airflow_curator.operators import CommitOperator, IndexShardsOperator, ShardDiscoveryOperator
 from airflow_curator.operators.base import RESULT_KEY, CuratorOperator, default_execution
 from airflow_curator.operators.local import LocalRunner, StepFailed

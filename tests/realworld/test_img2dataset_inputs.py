@@ -6,11 +6,11 @@ import tarfile
 
 import pytest
 
-from airflow_curator.core.discovery import discover
+from airflow_curator.core.dataset.discovery import discover
+from airflow_curator.core.dataset.metadata import read_shard_ids, validate_shard
 from airflow_curator.core.errors import ShardError
-from airflow_curator.core.index import index_dataset
-from airflow_curator.core.metadata import read_shard_ids, validate_shard
-from airflow_curator.core.records import iter_records
+from airflow_curator.core.wds.index import index_dataset
+from airflow_curator.core.wds.records import iter_records
 from tests.img2dataset_like import write_img2dataset_like
 
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.testing.models import write_tiny_models
 
     root = tmp_path_factory.mktemp("i2d")
     shards = write_img2dataset_like(str(root / "in"), shards=2, per_shard=100)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_curator.core.sample import add_member, make_jpeg, write_sample_dataset
+from airflow_curator.testing.dataset import add_member, make_jpeg, write_sample_dataset
 
 
 def _gif() -> bytes:

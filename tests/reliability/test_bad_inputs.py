@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_curator.core.sample import write_sample_dataset
+from airflow_curator.testing.dataset import write_sample_dataset
 from tests.reliability.corpus import (
     SHARD_FAULTS,
     image_faults,
@@ -27,7 +27,7 @@ ORDER = ["discover", "index", "annotate", "save-metadata", "plan-reshard", "resh
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.testing.models import write_tiny_models
 
     return write_tiny_models(str(tmp_path_factory.mktemp("models")))
 
@@ -111,7 +111,7 @@ def test_hostile_member_names_never_escape_the_output(tmp_path, models):
     original = members(tar)
     names = list(original)
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
-        from airflow_curator.core.sample import add_member
+        from airflow_curator.testing.dataset import add_member
 
         for i, name in enumerate(names):
             hostile = ("../../" + name) if i < 6 else ("/abs/" + name) if i < 9 else name

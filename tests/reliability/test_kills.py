@@ -25,8 +25,8 @@ TRIALS = int(os.environ.get("CURATOR_KILL_TRIALS", "3"))
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Per writing step: the folder just before it, the reference after it, its write window."""
-    from airflow_curator.core.sample import write_sample_dataset
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.models import write_tiny_models
 
     base = tmp_path_factory.mktemp("kills")
     root = base / "job"

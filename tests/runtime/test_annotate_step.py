@@ -8,7 +8,7 @@ import pytest
 
 from airflow_curator.runtime.argv import build_argv
 from airflow_curator.runtime.cli import main
-from tests.core.annotate_fixtures import write_awkward_shard
+from tests.core.annotate.fixtures import write_awkward_shard
 
 pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
@@ -16,7 +16,7 @@ pytest.importorskip("nvidia.dali")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from airflow_curator.core.tinymodel import write_tiny_models
+    from airflow_curator.testing.models import write_tiny_models
 
     return write_tiny_models(str(tmp_path_factory.mktemp("tiny")))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_curator.core.merge import join_annotations
+from airflow_curator.core.dataset.save_metadata import join_annotations
 from airflow_curator.runtime.argv import build_argv
 from airflow_curator.runtime.cli import main
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_curator.core.sample import write_sample_dataset
 from airflow_curator.runtime.argv import build_argv
-from tests.core.test_merge import write_annotations
+from airflow_curator.testing.dataset import write_sample_dataset
+from tests.core.dataset.test_save_metadata import write_annotations
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess:

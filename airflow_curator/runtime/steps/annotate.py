@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.core.annotate import Options, annotate_dataset
+from airflow_curator.core.annotate.annotator import Options, annotate_dataset
 
 HELP = (
     "Decode images with DALI (GPU when there is one), embed images and captions with an open_clip "

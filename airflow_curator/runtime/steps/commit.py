@@ -31,6 +31,6 @@ def add_sync_argument(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.commit import commit
+    from airflow_curator.core.reshard.commit import commit
 
     return commit(args.plan, verify_hashes=args.verify_hashes, sync=args.sync)

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.semdedup import dedup_clusters
+    from airflow_curator.core.dedup.dedup import dedup_clusters
 
     return dedup_clusters(
         args.output, args.clusters, annotations=args.annotations, eps=args.eps,

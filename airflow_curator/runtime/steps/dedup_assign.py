@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.clusters import assign_shards
+    from airflow_curator.core.dedup.assign import assign_shards
 
     return assign_shards(
         args.output, args.shards, annotations=args.annotations, id_col=args.id_col,

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.kmeans import fit_centroids
+    from airflow_curator.core.dedup.fit import fit_centroids
 
     return fit_centroids(
         args.output, annotations=args.annotations, n_clusters=args.n_clusters,

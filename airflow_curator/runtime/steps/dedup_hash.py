@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.exactdup import hash_shards
+    from airflow_curator.core.dedup.hash import hash_shards
 
     return hash_shards(
         args.dataset, args.output, args.shards, id_col=args.id_col,

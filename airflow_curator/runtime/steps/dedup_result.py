@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.dedupresult import write_results
+    from airflow_curator.core.dedup.result import write_results
 
     return write_results(
         args.output, args.shards, annotations=args.annotations, id_col=args.id_col,

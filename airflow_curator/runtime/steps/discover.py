@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.core.discovery import (
+from airflow_curator.core.dataset.discovery import (
     GROUP_BYTES,
     MAX_GROUPS,
     discover,

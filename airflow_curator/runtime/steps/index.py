@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.core.index import index_dataset
+from airflow_curator.core.wds.index import index_dataset
 
 HELP = "Write DALI index files (wds2idx v1.2) for shards that lack a fresh one, or verify them."
 

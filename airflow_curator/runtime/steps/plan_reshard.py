@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.core.discovery import GROUP_BYTES, MAX_GROUPS
-from airflow_curator.core.plan import plan_reshard
+from airflow_curator.core.dataset.discovery import GROUP_BYTES, MAX_GROUPS
+from airflow_curator.core.reshard.plan import plan_reshard
 
 HELP = (
     "Plan a reshard: read the filter column of each shard's metadata, assign every kept record "

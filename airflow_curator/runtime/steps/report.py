@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.core.reportpage import write_report
+from airflow_curator.core.report.page import write_report
 
 HELP = "Write the curation report (counts, score histograms, thumbnails) next to the output."
 

@@ -40,7 +40,7 @@ def add_writer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.reshard import reshard
+    from airflow_curator.core.reshard.writer import reshard
 
     return reshard(
         args.plan,

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.merge import Thresholds, save_metadata
+    from airflow_curator.core.dataset.save_metadata import Thresholds, save_metadata
 
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     return save_metadata(

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow_curator.core.reshard import reshard_dataset
+    from airflow_curator.core.reshard.writer import reshard_dataset
 
     return reshard_dataset(
         args.dataset,

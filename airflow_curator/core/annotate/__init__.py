@@ -1,0 +1,3 @@
+"""The annotate step: DALI decoding, the CLIP model and its weights, the score heads.
+
+Heavy dependencies (DALI, torch, open_clip) are imported lazily, inside functions."""

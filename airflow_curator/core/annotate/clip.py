@@ -1,0 +1,227 @@
+"""The CLIP model: an open_clip architecture name or model-config JSON, plus checked weights.
+
+Weights always go through ``weights.resolve`` (pin check) and ``weights.read_state_dict``, for
+OpenAI's pinned checkpoints and for the tiny random test models alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_curator.core.annotate.weights import (
+    WeightsError,
+    WeightsFile,
+    openai_url,
+    read_state_dict,
+    resolve,
+)
+from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.io import storage
+
+logger = logging.getLogger(__name__)
+
+RANDOM = "random"  # --weights random: untrained weights, for benchmarks only
+
+# Architecture -> its pinned default checkpoint (OpenAI's, as NeMo Curator and LAION use) and
+# whether that checkpoint needs QuickGELU.
+DEFAULT_WEIGHTS: dict[str, tuple[str, bool]] = {
+    "ViT-L-14": (openai_url("ViT-L-14.pt"), True),
+    "ViT-B-32": (openai_url("ViT-B-32.pt"), True),
+}
+OPENAI_FILES = {os.path.basename(u) for u, _ in DEFAULT_WEIGHTS.values()}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build, before building it: the open_clip name and the config that defines it."""
+
+    name: str
+    label: str  # what the user passed, for messages
+    config: dict[str, Any] | None = None  # from a JSON file; None for a built-in architecture
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the architecture, for the annotations' input fingerprint."""
+        if self.config is None:
+            return self.name
+        text = json.dumps({"model": self.config, "pp": self.preprocess}, sort_keys=True)
+        return "config:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_spec(model: str) -> ModelSpec:
+    """``ViT-L-14`` or a JSON file/URL holding an open_clip model config (flat, or
+    ``{"model_cfg": ..., "preprocess_cfg": ...}`` as in ``open_clip_config.json``)."""
+    if not model.endswith(".json"):
+        import open_clip
+
+        if model not in open_clip.list_models():
+            raise ValueError(
+                f"--model {model!r} is neither an open_clip architecture nor a .json model config"
+            )
+        return ModelSpec(model, model)
+    try:
+        data = json.loads(storage.read_bytes(model))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model config {model} does not exist") from None
+    except ValueError as e:
+        raise ValueError(f"model config {model} is not valid JSON: {e}") from None
+    config = data.get("model_cfg", data) if isinstance(data, dict) else None
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise ValueError(f"model config {model} needs embed_dim, vision_cfg and text_cfg")
+    spec = ModelSpec("", model, config, dict(data.get("preprocess_cfg") or {}))
+    return ModelSpec("curator-" + spec.key[7:19], model, config, spec.preprocess)
+
+
+def default_weights(spec: ModelSpec) -> str:
+    if spec.name in DEFAULT_WEIGHTS:
+        return DEFAULT_WEIGHTS[spec.name][0]
+    raise CuratorError(
+        f"--model {spec.label}: no pinned default weights (pinned: {', '.join(DEFAULT_WEIGHTS)}); "
+        "pass --weights PATH|URL|hf-hub:ORG/REPO[/FILE]"
+    )
+
+
+def resolve_weights(
+    spec: ModelSpec, weights: str | None, sha256: str | None = None
+) -> WeightsFile | None:
+    """The checked weight file (None for ``random``)."""
+    if weights == RANDOM:
+        logger.warning("--weights random: the CLIP model is untrained (benchmarks only)")
+        return None
+    return resolve(weights or default_weights(spec), sha256)
+
+
+def _register(spec: ModelSpec) -> None:
+    """Make a JSON config known to open_clip under a name nobody else uses."""
+    import open_clip
+
+    if spec.config is None or spec.name in open_clip.list_models():
+        return
+    folder = tempfile.mkdtemp(prefix="curator-model-")
+    path = os.path.join(folder, f"{spec.name}.json")
+    with open(path, "w") as f:
+        json.dump(spec.config, f)
+    open_clip.add_model_config(path)
+
+
+class ClipModel:
+    """An open_clip model in eval mode on one device, with its tokenizer and preprocess config."""
+
+    def __init__(self, spec: ModelSpec, weights: WeightsFile | None, device: str = "cpu") -> None:
+        import open_clip
+        import torch
+
+        _register(spec)
+        quick = spec.config is not None and bool(spec.config.get("quick_gelu"))
+        if weights is not None and os.path.basename(weights.uri) in OPENAI_FILES:
+            quick = True
+        self.spec = spec
+        self.weights = weights
+        self.device = torch.device(device)
+        model = open_clip.create_model(
+            spec.name,
+            pretrained=None,
+            force_quick_gelu=quick,
+            force_preprocess_cfg=spec.preprocess or None,
+        )
+        if weights is not None:
+            load_weights(model, weights)
+        self.model = model.eval().to(self.device)
+        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        self.preprocess: dict[str, Any] = dict(open_clip.get_model_preprocess_cfg(model))
+        with torch.inference_mode():  # the output width, whatever the tower layout
+            probe = self.model.encode_text(self.tokenizer(["probe"]).to(self.device))
+        self.embed_dim = int(probe.shape[-1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.preprocess.get("size", 224)
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def reference_transform(self) -> Any:
+        """open_clip's own torchvision preprocessing for this model (PIL in, tensor out): the
+        reference our DALI path is checked and benchmarked against."""
+        import open_clip
+
+        pre = self.preprocess
+        return open_clip.image_transform(
+            pre["size"],
+            is_train=False,
+            mean=pre["mean"],
+            std=pre["std"],
+            interpolation=pre["interpolation"],
+            resize_mode=pre["resize_mode"],
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.spec.key}@{self.weights.sha256 if self.weights else RANDOM}"
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def seconds_per_image(self, n: int = 4) -> float:
+        """Wall time of one warm image+caption through the model (after a warm-up batch)."""
+        import time
+
+        import torch
+
+        images = torch.zeros(n, 3, *self.image_size)
+        tokens = self.tokenize(["a photo"] * n)
+        self.encode(images, tokens)
+        t0 = time.perf_counter()
+        self.encode(images, tokens)
+        return (time.perf_counter() - t0) / n
+
+    def tokenize(self, texts: list[str]) -> Any:
+        return self.tokenizer(texts)
+
+    def encode(self, images: Any, tokens: Any | None) -> tuple[Any, Any | None]:
+        """L2-normalised float32 image (and text) embeddings of one batch."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode(), self.autocast():
+            img = self.model.encode_image(images.to(self.device, non_blocking=True))
+            txt = None if tokens is None else self.model.encode_text(tokens.to(self.device))
+        img = F.normalize(img.float(), dim=-1)
+        return img, (None if txt is None else F.normalize(txt.float(), dim=-1))
+
+
+def load_weights(model: Any, weights: WeightsFile) -> None:
+    """Load a checkpoint into an open_clip model the way ``open_clip.load_checkpoint`` does,
+    from our already checked file, strictly: missing or extra tensors are an error."""
+    from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    state = read_state_dict(weights.path, "weights")
+    for key in ("input_resolution", "context_length", "vocab_size"):  # OpenAI TorchScript extras
+        state.pop(key, None)
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in state and own is not None and own.ndim != state[key].ndim:
+            state[key] = state[key].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = model.logit_bias.detach().clone()
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"weights {weights.uri} do not fit the model: {str(e)[:500]}") from None

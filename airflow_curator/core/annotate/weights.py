@@ -1,0 +1,177 @@
+"""Weight files: resolve a local path, an fsspec URL or a hub id to a local file, check its pin.
+
+NeMo Curator fetches weights without checksums; here every default file is pinned and a file
+whose digest differs is refused before torch ever unpickles it. Real and test weights go through
+the same ``resolve`` + ``read_state_dict`` path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.io import storage
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "CURATOR_WEIGHTS_CACHE"
+HUB_PREFIX = "hf-hub:"
+
+# Published digests of default weight files, as "algorithm:hex".
+# OpenAI publishes each CLIP checkpoint under its own sha256 (the URL path segment; the `clip`
+# package verifies it the same way). The aesthetic predictor's md5 is the one EasyAnimate
+# publishes for its mirror of the LAION file; no sha256 is published for it.
+OPENAI_SHA256 = {
+    "ViT-L-14.pt": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+    "ViT-B-32.pt": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+}
+AESTHETIC_URL = (
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+    "sac+logos+ava1-l14-linearMSE.pth"
+)
+
+
+def openai_url(name: str) -> str:
+    return f"https://openaipublic.azureedge.net/clip/models/{OPENAI_SHA256[name]}/{name}"
+
+
+PINNED: dict[str, str] = {openai_url(n): f"sha256:{s}" for n, s in OPENAI_SHA256.items()}
+PINNED[AESTHETIC_URL] = "md5:b1047fd767a00134b8fd6529bf19521a"
+# The same files copied elsewhere (a bucket, a local cache) keep their distinctive names.
+PINNED_NAMES: dict[str, str] = {posixpath.basename(u): d for u, d in PINNED.items()}
+
+
+class WeightsError(CuratorError):
+    """A weight file is missing, unreadable or not the pinned file."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A resolved weight file: where it came from, where it is, and its sha256."""
+
+    uri: str
+    path: str
+    sha256: str
+
+
+def digest(path: str, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expected_digest(uri: str, sha256: str | None = None) -> str | None:
+    """The pin for ``uri``: an explicit sha256, else the table's entry by URI or file name."""
+    if sha256:
+        return sha256 if ":" in sha256 else f"sha256:{sha256.lower()}"
+    return PINNED.get(uri) or PINNED_NAMES.get(posixpath.basename(uri.rstrip("/")))
+
+
+def cache_dir() -> str:
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "airflow-curator",
+        "weights",
+    )
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def fetch(uri: str) -> str:
+    """A local path for ``uri``: local files as they are, hub ids via huggingface_hub (which
+    honours ``HF_HUB_OFFLINE`` and its cache), other URLs copied once into the cache."""
+    if uri.startswith(HUB_PREFIX):
+        return _hub_download(uri[len(HUB_PREFIX) :])
+    if storage.is_local(uri):
+        path = storage.local_path(uri)
+        if not os.path.isfile(path):
+            raise WeightsError(f"weights {uri}: no such file")
+        return path
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local = os.path.join(cache_dir(), key, posixpath.basename(uri.rstrip("/")) or "weights")
+    if not os.path.exists(local):
+        logger.info("downloading weights %s to %s", uri, local)
+        try:
+            storage.copy_file(uri, local)
+        except FileNotFoundError:
+            raise WeightsError(f"weights {uri}: not found or not reachable") from None
+        except Exception as e:  # fsspec backends raise their own types (aiohttp, gcsfs, ...)
+            raise WeightsError(f"weights {uri}: download failed: {e}") from e
+    return local
+
+
+def _hub_download(spec: str) -> str:
+    """``org/repo`` (open_clip's default file) or ``org/repo/path/in/repo``."""
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2:
+        raise WeightsError(f"hub id {HUB_PREFIX}{spec}: expected org/repo[/file]")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "open_clip_model.safetensors"
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(repo_id=repo, filename=filename)
+    except Exception as e:  # offline, missing repo or file, auth: all one clear error
+        raise WeightsError(f"hub id {HUB_PREFIX}{spec}: cannot fetch {filename}: {e}") from e
+
+
+def resolve(uri: str, sha256: str | None = None) -> WeightsFile:
+    """Fetch ``uri`` and check it against its pin; refuse a mismatch before loading anything."""
+    path = fetch(uri)
+    actual = digest(path)
+    pin = expected_digest(uri, sha256)
+    if pin is not None:
+        algorithm, _, want = pin.partition(":")
+        got = actual if algorithm == "sha256" else digest(path, algorithm)
+        if got != want.lower():
+            raise WeightsError(
+                f"weights {uri}: {algorithm} is {got}, expected {want} (pinned); refusing to load "
+                "a file that is not the pinned one"
+            )
+        logger.info("weights %s: %s verified", uri, algorithm)
+    else:
+        logger.warning(
+            "weights %s are not pinned (sha256 %s): pass a sha256 to pin them", uri, actual
+        )
+    return WeightsFile(uri, path, actual)
+
+
+def read_state_dict(path: str, what: str = "weights") -> dict[str, Any]:
+    """A flat tensor dict from safetensors, a torch state dict (``weights_only``) or a
+    TorchScript archive (OpenAI's CLIP ``.pt``)."""
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return dict(load_file(path, device="cpu"))
+        if _is_torchscript(path):
+            obj: Any = torch.jit.load(path, map_location="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{what} {path}: not a readable checkpoint: {e}") from e
+    if isinstance(obj, torch.jit.ScriptModule):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{what} {path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives are zips holding ``*/constants.pkl``; state dicts are not."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") for n in z.namelist())

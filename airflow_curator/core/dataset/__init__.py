@@ -1,0 +1,1 @@
+"""A dataset's shards and metadata: discovery and its manifest, id checks, save-metadata."""

@@ -1,0 +1,244 @@
+"""Shard discovery: one listing, tar/Parquet/idx paired by shard number, groups for mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.io import storage
+from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
+from airflow_curator.core.wds.shardspec import format_spec, parse_spec
+
+logger = logging.getLogger(__name__)
+
+MAX_GROUPS = 1024  # Airflow's default max_map_length
+GROUP_BYTES = 4 << 30  # ~4 shards of 1 GB per mapped task amortises pod start and model load
+
+
+@dataclass
+class Shard:
+    id: int
+    stem: str
+    tar: str
+    tar_bytes: int
+    tar_mtime: float | None = None
+    parquet: str | None = None
+    parquet_bytes: int | None = None
+    idx: str | None = None
+    idx_fresh: bool = False
+    records: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shard:
+        return cls(**d)
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    shards: list[Shard]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    # hidden temporaries of interrupted writes, for the steps to sweep; not saved
+    temporaries: list[storage.Entry] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def records(self) -> int | None:
+        counts = [s.records for s in self.shards]
+        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.tar_bytes for s in self.shards)
+
+    def select(self, spec: str | None) -> list[Shard]:
+        wanted = parse_spec(spec)
+        if wanted is None:
+            return list(self.shards)
+        chosen = [s for s in self.shards if s.id in wanted]
+        missing = wanted - {s.id for s in chosen}
+        if missing:
+            raise CuratorError(
+                f"{self.dataset}: shards {format_spec(missing)} of --shards {spec!r} do not exist"
+            )
+        return chosen
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        del d["temporaries"]
+        d["records"] = self.records
+        d["bytes"] = self.bytes
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        d = json.loads(text)
+        return cls(
+            dataset=d["dataset"],
+            shards=[Shard.from_dict(s) for s in d["shards"]],
+            skipped=d.get("skipped", []),
+            ignored=d.get("ignored", []),
+            created=d.get("created", 0.0),
+        )
+
+
+def discover(
+    dataset: str,
+    *,
+    count_records: bool = True,
+    on_invalid: str = "error",
+    threads: int = 16,
+) -> Manifest:
+    """Pair the shard files of ``dataset``; ``on_invalid`` is ``error`` or ``skip`` (reported)."""
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
+    t0 = time.perf_counter()
+    try:
+        entries = storage.list_files(dataset)
+    except FileNotFoundError:
+        raise CuratorError(f"dataset folder {dataset} does not exist") from None
+    by_id: dict[int, dict[str, storage.Entry]] = {}
+    problems: list[dict[str, str]] = []
+    ignored: list[str] = []
+    temporaries: list[storage.Entry] = []
+    for e in entries:
+        if e.name.startswith((".", "_")):
+            if storage.temporary_target(e.name):
+                temporaries.append(e)
+            continue  # temporaries, _SUCCESS, _work: never shards
+        stem, _, ext = e.name.partition(".")
+        if ext not in SHARD_EXTS:
+            ignored.append(e.name)  # e.g. img2dataset's 00000_stats.json, report.html
+            continue
+        if not SHARD_STEM.match(stem):
+            problems.append(
+                {"shard": stem, "reason": f"{e.name} is not named as a shard id (NNNNN.{ext})"}
+            )
+            continue
+        files = by_id.setdefault(int(stem), {})
+        if ext in files:
+            problems.append(
+                {"shard": stem, "reason": f"{e.name} and {files[ext].name} are the same shard"}
+            )
+            continue
+        files[ext] = e
+    shards: list[Shard] = []
+    for sid in sorted(by_id):
+        files = by_id[sid]
+        tar, pq, idx = files.get("tar"), files.get("parquet"), files.get("idx")
+        stem = (tar or pq or idx).name.partition(".")[0]  # type: ignore[union-attr]
+        if tar is None:
+            if pq is not None:
+                problems.append({"shard": stem, "reason": f"{pq.name} has no {stem}.tar"})
+            else:
+                ignored.append(idx.name)  # type: ignore[union-attr]
+            continue
+        if pq is None:
+            problems.append({"shard": stem, "reason": f"{tar.name} has no {stem}.parquet"})
+            continue
+        fresh = idx is not None and (
+            idx.mtime is None or tar.mtime is None or idx.mtime >= tar.mtime
+        )
+        shards.append(
+            Shard(
+                sid,
+                stem,
+                tar.url,
+                tar.size,
+                tar.mtime,
+                pq.url,
+                pq.size,
+                idx.url if idx else None,
+                fresh,
+            )
+        )
+    if problems and on_invalid == "error":
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ShardError(first["shard"], first["reason"] + more)
+    for p in problems:
+        logger.warning("skipping shard %s: %s", p["shard"], p["reason"])
+    if count_records and shards:
+        with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
+            for s, n in zip(shards, pool.map(_parquet_rows, shards), strict=True):
+                s.records = n
+    manifest = Manifest(dataset, shards, problems, ignored, temporaries=temporaries)
+    logger.info(
+        "discovered %d shards (%d records, %.1f MB) in %s in %.2fs; %d skipped, %d ignored",
+        len(shards),
+        manifest.records or 0,
+        manifest.bytes / 1e6,
+        dataset,
+        time.perf_counter() - t0,
+        len(problems),
+        len(ignored),
+    )
+    return manifest
+
+
+def _parquet_rows(shard: Shard) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_fs(shard.parquet)  # type: ignore[arg-type]
+    try:
+        return pq.read_metadata(path, filesystem=fs).num_rows
+    except Exception as e:  # pyarrow raises several types for a bad footer
+        raise ShardError(shard.stem, f"{shard.parquet} is not a readable Parquet file: {e}") from e
+
+
+def make_groups(
+    shards: list[Shard], max_groups: int = MAX_GROUPS, group_bytes: int = GROUP_BYTES
+) -> list[list[Shard]]:
+    """Contiguous runs of shards balanced by bytes: at most max_groups, each ~group_bytes."""
+    if not shards:
+        return []
+    if max_groups < 1:
+        raise ValueError("max_groups must be >= 1")
+    total = sum(max(s.tar_bytes, 1) for s in shards)
+    n = min(len(shards), max_groups, max(1, -(-total // max(group_bytes, 1))))
+    groups: list[list[Shard]] = []
+    current: list[Shard] = []
+    seen = 0
+    for i, s in enumerate(shards):
+        current.append(s)
+        seen += max(s.tar_bytes, 1)
+        left_shards = len(shards) - i - 1
+        left_groups = n - len(groups) - 1
+        # cut where the running total crosses the next equal share, keeping a shard per group left
+        if left_groups > 0 and (
+            seen * n >= total * (len(groups) + 1) or left_shards == left_groups
+        ):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def group_value(group: list[Shard], dataset: str, manifest_url: str | None) -> dict[str, Any]:
+    """The small XCom value a mapped task receives."""
+    first, last = group[0].stem, group[-1].stem
+    value: dict[str, Any] = {
+        "shards": format_spec(s.id for s in group),
+        "label": first if first == last else f"{first}-{last}",
+        "count": len(group),
+        "bytes": sum(s.tar_bytes for s in group),
+        "dataset": dataset,
+    }
+    if manifest_url:
+        value["manifest"] = manifest_url
+    return value
+
+
+def load_manifest(url: str) -> Manifest:
+    return Manifest.from_json(storage.read_bytes(url).decode())
+
+
+def save_manifest(manifest: Manifest, url: str) -> None:
+    storage.write_bytes(url, manifest.to_json().encode())

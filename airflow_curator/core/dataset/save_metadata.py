@@ -1,0 +1,229 @@
+"""Save metadata: join annotations into each shard's Parquet by record id, atomically.
+
+Every record must have exactly one annotation and every annotation a record; anything else is an
+error naming the shard and the ids (NeMo Curator 0.x matched them by sorted position). Optional
+thresholds write a boolean filter column for ``plan-reshard``; they are typed numbers, never
+evaluated strings. The Parquet is written deterministically (explicit schema, zstd, one row group),
+so a rerun writes the same bytes, and replaced in place by rename when no ``path`` is given.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_curator.core.dataset.discovery import discover
+from airflow_curator.core.dataset.metadata import check_ids, read_table
+from airflow_curator.core.errors import ShardError, preview
+from airflow_curator.core.io import storage
+from airflow_curator.core.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+ERROR_COLUMN = "error"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Curation thresholds; a record passes when every given one holds and it has no error."""
+
+    min_aesthetic: float | None = None
+    max_nsfw: float | None = None
+    min_clip_score: float | None = None
+    require: tuple[str, ...] = ()  # boolean columns that must be true (e.g. dedup's is_unique)
+
+    def rules(self) -> list[tuple[str, str, float]]:
+        rules = [
+            ("aesthetic_score", "greater_equal", self.min_aesthetic),
+            ("nsfw_score", "less_equal", self.max_nsfw),
+            ("clip_score", "greater_equal", self.min_clip_score),
+        ]
+        return [(c, op, v) for c, op, v in rules if v is not None]
+
+    def any(self) -> bool:
+        return bool(self.rules() or self.require)
+
+    def mask(self, table: Any, shard: str) -> Any:
+        """Boolean array: null scores and records with an error never pass."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        mask = pa.array([True] * table.num_rows, pa.bool_())
+        for column, op, value in self.rules():
+            if column not in table.column_names:
+                raise ShardError(shard, f"no {column!r} column to apply a threshold to")
+            cond = getattr(pc, op)(table.column(column), pa.scalar(value, pa.float64()))
+            mask = pc.and_(mask, pc.fill_null(cond, False))
+        for column in self.require:
+            if column not in table.column_names:
+                raise ShardError(shard, f"no {column!r} column to require")
+            values = table.column(column)
+            if not pa.types.is_boolean(values.type):
+                raise ShardError(shard, f"required column {column!r} is {values.type}, not bool")
+            mask = pc.and_(mask, pc.fill_null(values, False))
+        if ERROR_COLUMN in table.column_names:
+            mask = pc.and_(mask, pc.is_null(table.column(ERROR_COLUMN)))
+        mask = pc.fill_null(mask, False)
+        return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+
+
+def parquet_bytes(table: Any) -> bytes:
+    """Deterministic, compressed Parquet: explicit schema without metadata, one row group."""
+    import pyarrow.parquet as pq
+
+    table = table.replace_schema_metadata(None).combine_chunks()
+    buf = io.BytesIO()
+    pq.write_table(
+        table, buf, compression="zstd", row_group_size=max(table.num_rows, 1),
+        write_statistics=True,
+    )  # fmt: skip
+    return buf.getvalue()
+
+
+def join_annotations(base: Any, annotations: Any, id_col: str, shard: str) -> Any:
+    """``base`` with the annotation columns (replacing same-named ones), joined by id."""
+    import pyarrow as pa
+
+    if id_col not in annotations.column_names:
+        raise ShardError(shard, f"annotations have no id column {id_col!r}")
+    base_ids = check_ids(base.column(id_col).to_pylist(), shard, "metadata")
+    ann_ids = check_ids(annotations.column(id_col).to_pylist(), shard, "annotations")
+    position = {rid: i for i, rid in enumerate(ann_ids)}
+    unannotated = [rid for rid in base_ids if rid not in position]
+    if unannotated:
+        raise ShardError(
+            shard, f"{len(unannotated)} records have no annotation: {preview(unannotated)}"
+        )
+    if len(ann_ids) != len(base_ids):
+        known = set(base_ids)
+        orphans = [rid for rid in ann_ids if rid not in known]
+        raise ShardError(shard, f"{len(orphans)} annotations match no record: {preview(orphans)}")
+    ordered = annotations.take(pa.array([position[r] for r in base_ids], pa.int64()))
+    new_columns = [c for c in ordered.column_names if c != id_col]
+    out = base.drop_columns([c for c in new_columns if c in base.column_names])
+    for c in new_columns:
+        out = out.append_column(ordered.schema.field(c), ordered.column(c))
+    return out
+
+
+def merge_shard(
+    base: Any,
+    annotations: Any | list[Any] | None,
+    *,
+    id_col: str,
+    shard: str,
+    columns: list[str] | None = None,
+    thresholds: Thresholds = Thresholds(),
+    filter_column: str = "passes_curation",
+) -> Any:
+    """The shard's merged metadata table: join, filter column, column subset."""
+    if id_col not in base.column_names:
+        raise ShardError(shard, f"metadata has no id column {id_col!r}")
+    sources = (
+        []
+        if annotations is None
+        else annotations
+        if isinstance(annotations, list)
+        else [annotations]
+    )
+    table = base
+    for ann in sources:  # e.g. the model scores, then the dedup result
+        table = join_annotations(table, ann, id_col, shard)
+    with_filter = bool(sources) or thresholds.any()
+    if with_filter:
+        mask = thresholds.mask(table, shard)
+        if filter_column in table.column_names:
+            table = table.drop_columns([filter_column])
+        table = table.append_column(filter_column, mask)
+    if columns is not None:
+        unknown = [c for c in columns if c not in table.column_names]
+        if unknown:
+            raise ValueError(
+                f"shard {shard}: unknown columns {', '.join(unknown)} "
+                f"(columns: {', '.join(table.column_names)})"
+            )
+        keep = [id_col] + [c for c in columns if c != id_col]
+        if with_filter and filter_column not in keep:
+            keep.append(filter_column)
+        table = table.select(keep)
+    return table
+
+
+def save_metadata(
+    dataset: str,
+    *,
+    annotations: str | list[str] | None = None,
+    path: str | None = None,
+    columns: list[str] | None = None,
+    id_col: str = "key",
+    thresholds: Thresholds = Thresholds(),
+    filter_column: str = "passes_curation",
+    shards: str | None = None,
+    workers: int = 8,
+) -> dict[str, Any]:
+    """Merge and write each selected shard's metadata to ``path`` (default: in place).
+
+    ``annotations`` is one folder of ``NNNNN.parquet`` or several, joined in turn. A shard whose
+    merged bytes equal what is there already is not rewritten, so a rerun changes nothing."""
+    import pyarrow.compute as pc
+
+    t0 = time.perf_counter()
+    manifest = discover(dataset, count_records=False)
+    selected = manifest.select(shards)
+    if path is not None:
+        storage.makedirs(path)
+
+    def one(s: Any) -> dict[str, Any]:
+        base = read_table(s.parquet, s.stem)
+        folders = [annotations] if isinstance(annotations, str) else list(annotations or [])
+        anns = []
+        for folder in folders:
+            ann_url = storage.join(folder, f"{s.stem}.parquet")
+            if not storage.exists(ann_url):
+                raise ShardError(s.stem, f"annotations {ann_url} do not exist")
+            anns.append(read_table(ann_url, s.stem))
+        ann = anns if anns else None
+        table = merge_shard(
+            base, ann, id_col=id_col, shard=s.stem, columns=columns,
+            thresholds=thresholds, filter_column=filter_column,
+        )  # fmt: skip
+        dest = storage.join(path, f"{s.stem}.parquet") if path is not None else s.parquet
+        data = parquet_bytes(table)
+        if not storage.same_bytes(dest, data):
+            storage.write_bytes(dest, data)
+        passed = None
+        if filter_column in table.column_names and table.num_rows:
+            passed = int(pc.sum(table.column(filter_column)).as_py() or 0)
+        elif filter_column in table.column_names:
+            passed = 0
+        return {
+            "shard": s.stem,
+            "records": table.num_rows,
+            "passed": passed,
+            "columns": table.column_names,
+        }
+
+    progress = Progress("save-metadata", len(selected), logger=logger)
+    results = []
+    with ThreadPoolExecutor(max(1, min(workers, len(selected)))) as pool:
+        for r in pool.map(one, selected):
+            results.append(r)
+            progress.update(items=r["records"])
+    passed = [r["passed"] for r in results if r["passed"] is not None]
+    return {
+        "dataset": dataset,
+        "path": path or dataset,
+        "shards": len(results),
+        "records": sum(r["records"] for r in results),
+        "filter_column": filter_column if passed else None,
+        "passed": sum(passed) if passed else None,
+        "columns": results[0]["columns"] if results else [],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "per_shard": [
+            {"shard": r["shard"], "records": r["records"], "passed": r["passed"]} for r in results
+        ],
+    }

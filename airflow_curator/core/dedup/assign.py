@@ -1,0 +1,118 @@
+"""Assign each record to its nearest centroid: the shuffle between shard tasks and cluster tasks.
+
+Per input shard, reads the annotation file's id, image embedding and aesthetic score, skips
+records without an embedding (failed images), and writes ``assign/NNNNN.parquet`` sorted by
+cluster with one row group per part, so a dedup task reads only its part's row groups from each
+file. The output depends on the shard alone (never on how shards were grouped into tasks) and
+carries the centroids' digest, so dedup refuses assignments made with other centroids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from airflow_curator.core import layout
+from airflow_curator.core.dedup import store as ds
+from airflow_curator.core.dedup.fit import (
+    Centroids,
+    load_centroids,
+    nearest,
+    normalise,
+    pick_device,
+)
+from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+ASSIGN_COLUMNS = ("shard", "id", "cluster", "aesthetic", "embedding")
+
+
+def read_annotations(
+    url: str, shard: str, id_col: str, dim: int | None = None
+) -> tuple[Any, Any, Any]:
+    """``(ids, embeddings, aesthetic)`` of the records that have an embedding: a pyarrow string
+    array, a ``(n, dim)`` unit float32 array, and float32 with NaN for a missing score."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = ds.present(url, shard, [id_col, ds.EMBEDDING, ds.AESTHETIC])
+    for column in (id_col, ds.EMBEDDING):
+        if column not in columns:
+            raise ShardError(shard, f"{url} has no {column!r} column")
+    table = ds.read_parquet(url, shard, columns=columns)
+    ids = table.column(id_col)
+    if ids.null_count:
+        raise ShardError(shard, f"{url}: {ids.null_count} records have no {id_col}")
+    emb = table.column(ds.EMBEDDING)
+    valid = pc.is_valid(emb)
+    table = table.filter(valid)
+    x = ds.to_matrix(table.column(ds.EMBEDDING), shard)
+    if dim is not None and len(x) and x.shape[1] != dim:
+        raise ShardError(shard, f"embeddings have {x.shape[1]} dimensions, the centroids {dim}")
+    if ds.AESTHETIC in table.column_names:
+        score = table.column(ds.AESTHETIC).cast(pa.float32()).to_numpy(zero_copy_only=False)
+        aesthetic = np.asarray(score, dtype=np.float32)
+    else:
+        aesthetic = np.full(len(x), np.nan, dtype=np.float32)
+    return table.column(id_col).cast(pa.string()).combine_chunks(), normalise(x), aesthetic
+
+
+def assign_table(
+    number: int, ids: Any, x: Any, aesthetic: Any, cent: Centroids, device: str
+) -> tuple[Any, list[int]]:
+    """The shard's assign table sorted by cluster, and its row-group sizes (rows per part)."""
+    import numpy as np
+    import pyarrow as pa
+
+    labels, _ = nearest(x, cent.vectors, device) if len(x) else (np.zeros(0, np.int32), None)
+    order = np.argsort(labels, kind="stable")
+    labels = labels[order]
+    table = pa.table({
+        "shard": pa.array(np.full(len(x), number, dtype=np.int32)),
+        "id": ids.take(pa.array(order)),
+        "cluster": pa.array(labels, pa.int32()),
+        "aesthetic": pa.array(aesthetic[order], pa.float32(), from_pandas=True),
+        "embedding": ds.fixed_list(x[order] if len(x) else np.zeros((0, cent.dim)), cent.dim),
+    })  # fmt: skip
+    sizes = np.bincount(cent.parts.part_of(labels), minlength=cent.parts.count)
+    return table, [int(s) for s in sizes]
+
+
+def assign_shards(
+    output: str,
+    shards: str | None = None,
+    *,
+    annotations: str | None = None,
+    id_col: str = "key",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Write ``assign/NNNNN.parquet`` for the selected shards' annotation files."""
+    t0 = time.perf_counter()
+    cent = load_centroids(output)
+    device = pick_device(device)
+    folder = annotations or layout.annotations_url(output)
+    files = ds.shard_files(folder, shards, "annotations")
+    if not files:
+        raise CuratorError(f"{folder}: no NNNNN.parquet annotation files")
+    progress = Progress("dedup-assign", len(files), logger=logger)
+    per_shard = []
+    for number, url in files:
+        shard = ds.stem(number)
+        ids, x, aesthetic = read_annotations(url, shard, id_col, cent.dim)
+        table, sizes = assign_table(number, ids, x, aesthetic, cent, device)
+        meta = {"centroids": cent.digest, "parts": cent.parts.count, "source": url}
+        ds.write_parquet(ds.file_url(output, "assign", number), table, meta, sizes)
+        per_shard.append({"shard": shard, "records": len(x)})
+        progress.update(items=len(x))
+    return {
+        "output": output,
+        "assign": ds.folder_url(output, "assign"),
+        "shards": len(per_shard),
+        "records": sum(s["records"] for s in per_shard),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "per_shard": per_shard,
+    }

@@ -1,0 +1,214 @@
+"""SemDedup within clusters: mark near-duplicate images, one part of the clusters per task.
+
+Inside a cluster the records are ranked by the keep rule (highest aesthetic score, then lowest
+id); a record is a duplicate when its cosine similarity to a higher-ranked record of the same
+cluster exceeds ``1 - eps`` (NeMo Curator's SemDedup rule), so the top record of every
+near-duplicate set is kept. Similarities are computed in square blocks, so memory is
+``block**2`` floats whatever the cluster size, plus the part's rows. The same task also settles
+exact duplicates whose hash falls in its part. Writes ``dups/PPPPP.parquet`` (even when empty:
+its presence says the part is done).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from airflow_curator.core import layout
+from airflow_curator.core.dedup import store as ds
+from airflow_curator.core.dedup.fit import Centroids, load_centroids, pick_device
+from airflow_curator.core.dedup.hash import exact_duplicates, read_part_hashes
+from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.progress import Progress
+from airflow_curator.core.wds.shardspec import format_spec
+
+logger = logging.getLogger(__name__)
+
+EXACT_MODES = ("auto", "on", "off")
+DUPS_SCHEMA_NAMES = ("shard", "id", "duplicate_of", "similarity", "kind", "cluster")
+
+
+def near_duplicates(x: Any, eps: float, block: int = 2048, device: str = "cpu") -> tuple[Any, Any]:
+    """For rows of ``x`` in rank order (unit vectors): the index of the most similar
+    higher-ranked row when that similarity is above ``1 - eps``, else -1; and the similarity."""
+    import numpy as np
+    import torch
+
+    n = len(x)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    sims = np.zeros(n, dtype=np.float32)
+    if n < 2:
+        return dup_of, sims
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    side = min(block, n)
+    upper = torch.ones((side, side), dtype=torch.bool, device=device).triu_()
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        best = torch.full((b - a,), -np.inf, device=device)
+        arg = torch.full((b - a,), -1, dtype=torch.int64, device=device)
+        for c in range(0, b, block):
+            d = min(c + block, b)
+            s = xt[a:b] @ xt[c:d].T
+            if c == a:  # the diagonal block: only strictly higher-ranked columns count
+                s.masked_fill_(upper[: b - a, : d - c], -np.inf)
+            m, am = s.max(dim=1)
+            better = m > best
+            best = torch.where(better, m, best)
+            arg = torch.where(better, am + c, arg)
+        best_np, arg_np = best.cpu().numpy(), arg.cpu().numpy()
+        hit = best_np > 1.0 - eps
+        dup_of[a:b] = np.where(hit, arg_np, -1)
+        sims[a:b] = np.where(hit, best_np, 0.0)
+    return dup_of, sims
+
+
+def rank_order(ids: Any, aesthetic: Any) -> Any:
+    """Positions in keep order: highest aesthetic score first (missing last), then lowest id."""
+    import numpy as np
+
+    neg = np.where(np.isnan(aesthetic), np.inf, -aesthetic.astype(np.float64))
+    return np.lexsort((ids, neg))
+
+
+def read_part(files: list[tuple[int, str]], part: int, cent: Centroids) -> Any | None:
+    """The part's rows from every assign file (its row groups only), in shard order."""
+    import pyarrow as pa
+
+    tables = []
+    for number, url in files:
+        shard = ds.stem(number)
+        pf = ds.parquet_file(url, shard)
+        meta = ds.file_meta(pf.schema_arrow)
+        if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
+            raise ShardError(shard, f"{url} was assigned with other centroids: rerun dedup-assign")
+        col = pf.schema_arrow.get_field_index("cluster")
+        for rg in range(pf.num_row_groups):
+            info = pf.metadata.row_group(rg)
+            stats = info.column(col).statistics
+            ours = info.num_rows and stats is not None and stats.has_min_max
+            if ours and int(cent.parts.part_of([stats.min])[0]) == part:
+                tables.append(pf.read_row_group(rg))
+    return pa.concat_tables(tables) if tables else None
+
+
+def dedup_part(
+    table: Any, eps: float, block: int, device: str
+) -> tuple[list[tuple], dict[str, int]]:
+    """Semantic duplicates of a part as (shard, id, duplicate_of, similarity, kind, cluster)."""
+    import numpy as np
+
+    clusters = table.column("cluster").to_numpy()
+    ids = np.array(table.column("id").to_pylist(), dtype=str)
+    shards = table.column("shard").to_numpy()
+    aesthetic = table.column("aesthetic").to_numpy(zero_copy_only=False).astype(np.float32)
+    x = ds.to_matrix(table.column("embedding"), "part")
+    by_cluster = np.argsort(clusters, kind="stable")
+    bounds = np.flatnonzero(np.diff(clusters[by_cluster])) + 1
+    rows: list[tuple] = []
+    largest = 0
+    for members in np.split(by_cluster, bounds):
+        if not len(members):
+            continue
+        largest = max(largest, len(members))
+        ranked = members[rank_order(ids[members], aesthetic[members])]
+        dup_of, sims = near_duplicates(x[ranked], eps, block, device)
+        for i in np.flatnonzero(dup_of >= 0):
+            r, k = ranked[i], ranked[dup_of[i]]
+            rows.append((int(shards[r]), str(ids[r]), str(ids[k]), float(sims[i]), "semantic",
+                         int(clusters[r])))  # fmt: skip
+    return rows, {"largest_cluster": largest}
+
+
+def dups_table(rows: list[tuple]) -> Any:
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: (r[0], r[1], r[4]))
+    cols = list(zip(*rows)) if rows else [()] * 6
+    return pa.table({
+        "shard": pa.array(cols[0], pa.int32()),
+        "id": pa.array(cols[1], pa.string()),
+        "duplicate_of": pa.array(cols[2], pa.string()),
+        "similarity": pa.array(cols[3], pa.float32()),
+        "kind": pa.array(cols[4], pa.string()),
+        "cluster": pa.array(cols[5], pa.int32()),
+    })  # fmt: skip
+
+
+def check_complete(shards: set[int], files: list[tuple[int, str]], what: str, step: str) -> None:
+    """Every annotated shard must have its file: a missing one would pass as all unique."""
+    if not files:
+        raise CuratorError(f"no {what}: run {step} first")
+    missing = shards - {n for n, _ in files}
+    if missing:
+        spec = format_spec(missing)
+        raise CuratorError(f"shards {spec} have no {what}: run {step} --shards {spec}")
+
+
+def dedup_clusters(
+    output: str,
+    clusters: str | None = None,
+    *,
+    annotations: str | None = None,
+    eps: float = 0.01,
+    block: int = 2048,
+    exact: str = "auto",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Write ``dups/PPPPP.parquet`` for the parts of the ``clusters`` spec."""
+    if not 0 <= eps < 2:
+        raise ValueError("--eps must be in [0, 2): duplicates have cosine similarity > 1 - eps")
+    if block < 1:
+        raise ValueError("--block must be >= 1")
+    if exact not in EXACT_MODES:
+        raise ValueError(f"--exact must be one of {', '.join(EXACT_MODES)}, not {exact!r}")
+    t0 = time.perf_counter()
+    cent = load_centroids(output)
+    parts = cent.parts.select(clusters)
+    device = pick_device(device)
+    shards = {n for n, _ in ds.shard_files(annotations or layout.annotations_url(output))}
+    files = ds.shard_files(ds.folder_url(output, "assign"))
+    check_complete(shards, files, "assignments", "dedup-assign")
+    hash_files = ds.shard_files(ds.folder_url(output, "hash")) if exact != "off" else []
+    if exact == "on" and not hash_files:
+        raise CuratorError(
+            f"--exact on: {ds.folder_url(output, 'hash')} has no hashes: run dedup-hash"
+        )
+    if hash_files:
+        check_complete(shards, hash_files, "hashes", "dedup-hash")
+    totals = {"records": 0, "semantic": 0, "exact": 0, "largest_cluster": 0}
+    progress = Progress("dedup", len(parts), unit="parts", logger=logger)
+    for part in parts:
+        table = read_part(files, part, cent)
+        rows: list[tuple] = []
+        n = 0
+        if table is not None:
+            n = table.num_rows
+            rows, stats = dedup_part(table, eps, block, device)
+            totals["largest_cluster"] = max(totals["largest_cluster"], stats["largest_cluster"])
+            del table
+        semantic = len(rows)
+        hashes = read_part_hashes(hash_files, part, cent.parts) if hash_files else None
+        if hashes is not None:
+            hshard, hid = hashes.column("shard").to_pylist(), hashes.column("id").to_pylist()
+            for r, k in exact_duplicates(hashes):
+                rows.append((hshard[r], hid[r], hid[k], 1.0, "exact", -1))
+        meta = {"centroids": cent.digest, "parts": cent.parts.count, "eps": eps,
+                "exact": bool(hash_files)}  # fmt: skip
+        ds.write_parquet(ds.file_url(output, "dups", part), dups_table(rows), meta)
+        totals["records"] += n
+        totals["semantic"] += semantic
+        totals["exact"] += len(rows) - semantic
+        progress.update(items=n)
+    seconds = time.perf_counter() - t0
+    return {
+        "output": output,
+        "clusters": clusters or "all",
+        "parts": len(parts),
+        "eps": eps,
+        "exact_pass": bool(hash_files),
+        "device": device,
+        **totals,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(totals["records"] / max(seconds, 1e-9), 1),
+    }

@@ -1,0 +1,175 @@
+"""Exact duplicates: records whose image bytes are identical, found by sha256 without embeddings.
+
+Per input shard, ``dedup-hash`` writes ``hash/NNNNN.parquet`` (shard, id, sha256, aesthetic):
+the hash comes from img2dataset's ``sha256`` column when the shard's Parquet has one, otherwise
+from a single streaming read of the tar. The dedup task of part ``p`` then takes the hashes whose
+first bytes fall in ``p`` from every shard, so identical images meet in one task wherever they
+are. Within a set of identical images the one kept follows the semantic rule (highest aesthetic
+score, then lowest id), so both passes agree on which copy survives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+from airflow_curator.core import layout
+from airflow_curator.core.dataset.discovery import Shard, discover
+from airflow_curator.core.dedup import store as ds
+from airflow_curator.core.errors import ShardError
+from airflow_curator.core.io import storage
+from airflow_curator.core.progress import Progress
+from airflow_curator.core.wds.records import iter_records
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("auto", "tar", "parquet")
+SHA_COLUMN = "sha256"  # img2dataset's hash of the image bytes, hex
+
+
+def tar_hashes(shard: Shard) -> tuple[list[str], list[bytes]]:
+    """Ids and sha256 digests of the records with an image, in tar order."""
+    ids, digests = [], []
+    for rec in iter_records(shard.tar, shard.stem, size=shard.tar_bytes):
+        ext = rec.image_ext()
+        if ext is not None:
+            ids.append(rec.id)
+            digests.append(hashlib.sha256(rec.data[ext]).digest())
+    return ids, digests
+
+
+def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] | None:
+    """Ids and digests from the shard's ``sha256`` column, or None when it has none."""
+    import pyarrow.parquet as pq
+
+    if shard.parquet is None:
+        return None
+    fs, path = storage.arrow_fs(shard.parquet)
+    if SHA_COLUMN not in pq.read_schema(path, filesystem=fs).names:
+        return None
+    table = ds.read_parquet(shard.parquet, shard.stem, columns=[id_col, SHA_COLUMN])
+    ids, digests = [], []
+    for rid, hexdigest in zip(
+        table.column(id_col).to_pylist(), table.column(SHA_COLUMN).to_pylist()
+    ):
+        if hexdigest is None:
+            continue  # img2dataset: a URL that was not downloaded has no record in the tar
+        try:
+            digest = bytes.fromhex(hexdigest)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ShardError(
+                shard.stem, f"record {rid}: {SHA_COLUMN} {hexdigest!r} is not a sha256"
+            )
+        ids.append(str(rid))
+        digests.append(digest)
+    return ids, digests
+
+
+def aesthetic_of(annotations: str, number: int, id_col: str, ids: list[str]) -> Any:
+    """The records' aesthetic scores from their annotation file (NaN when absent)."""
+    import numpy as np
+
+    out = np.full(len(ids), np.nan, dtype=np.float32)
+    url = storage.join(annotations, f"{ds.stem(number)}.parquet")
+    if not storage.exists(url):
+        return out
+    columns = ds.present(url, ds.stem(number), [id_col, ds.AESTHETIC])
+    if len(columns) < 2:
+        return out
+    table = ds.read_parquet(url, ds.stem(number), columns=columns)
+    score = dict(zip(table.column(id_col).to_pylist(), table.column(ds.AESTHETIC).to_pylist()))
+    for i, rid in enumerate(ids):
+        value = score.get(rid)
+        if value is not None:
+            out[i] = value
+    return out
+
+
+def hash_shards(
+    dataset: str,
+    output: str,
+    shards: str | None = None,
+    *,
+    id_col: str = "key",
+    annotations: str | None = None,
+    source: str = "auto",
+) -> dict[str, Any]:
+    """Write ``hash/NNNNN.parquet`` for the selected shards of the dataset."""
+    import pyarrow as pa
+
+    if source not in SOURCES:
+        raise ValueError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
+    t0 = time.perf_counter()
+    selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
+    annotations = annotations or layout.annotations_url(output)
+    progress = Progress("dedup-hash", len(selected), logger=logger)
+    per_shard = []
+    for shard in selected:
+        found = parquet_hashes(shard, id_col) if source != "tar" else None
+        if found is None and source == "parquet":
+            raise ShardError(shard.stem, f"{shard.parquet} has no {SHA_COLUMN!r} column")
+        ids, digests = found if found is not None else tar_hashes(shard)
+        used = "parquet" if found is not None else "tar"
+        table = pa.table({
+            "shard": pa.array([shard.id] * len(ids), pa.int32()),
+            "id": pa.array(ids, pa.string()),
+            "sha256": pa.array(digests, pa.binary(32)),
+            "aesthetic": pa.array(aesthetic_of(annotations, shard.id, id_col, ids), pa.float32(),
+                                  from_pandas=True),
+        })  # fmt: skip
+        ds.write_parquet(ds.file_url(output, "hash", shard.id), table, {"source": used})
+        per_shard.append({"shard": shard.stem, "records": len(ids), "source": used})
+        progress.update(items=len(ids), nbytes=shard.tar_bytes if used == "tar" else 0)
+    return {
+        "dataset": dataset,
+        "output": output,
+        "hash": ds.folder_url(output, "hash"),
+        "shards": len(per_shard),
+        "records": sum(s["records"] for s in per_shard),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "per_shard": per_shard,
+    }
+
+
+def read_part_hashes(files: list[tuple[int, str]], part: int, parts: ds.Parts) -> Any | None:
+    """Rows of the hash files whose sha256 falls in ``part`` (None when there are none)."""
+    import numpy as np
+    import pyarrow as pa
+
+    tables = []
+    for number, url in files:
+        table = ds.read_parquet(url, ds.stem(number))
+        if not table.num_rows:
+            continue
+        raw = b"".join(table.column("sha256").to_pylist())
+        digests = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 32)
+        tables.append(table.filter(pa.array(parts.hash_part(digests) == part)))
+    return pa.concat_tables(tables) if tables else None
+
+
+def exact_duplicates(table: Any) -> list[tuple[int, int]]:
+    """``(row, kept row)`` for every row whose bytes equal a row ranked higher (highest
+    aesthetic score, then lowest id)."""
+    import math
+
+    ids = table.column("id").to_pylist()
+    digests = table.column("sha256").to_pylist()
+    scores = table.column("aesthetic").to_pylist()
+
+    def rank(i: int) -> tuple[bytes, float, str]:
+        s = scores[i]
+        return digests[i], -s if s is not None and not math.isnan(s) else math.inf, ids[i]
+
+    out = []
+    order = sorted(range(len(ids)), key=rank)
+    keep = None
+    for pos, i in enumerate(order):
+        if pos and digests[i] == digests[order[pos - 1]]:
+            out.append((i, keep))
+        else:
+            keep = i
+    return out

@@ -1,0 +1,233 @@
+"""Where deduplication keeps its files under ``O/_work/dedup``, and how it reads and writes them.
+
+One place for the layout the dedup steps hand to each other (so each step is only its algorithm):
+
+```
+centroids.parquet        k-means centroids + what made them (n_clusters, parts, seed, digest)
+assign/NNNNN.parquet     per input shard: (shard, id, cluster, aesthetic, embedding), sorted by
+                         cluster, one row group per *part* (a contiguous range of clusters)
+hash/NNNNN.parquet       per input shard: (shard, id, sha256, aesthetic) of the image bytes
+dups/PPPPP.parquet       per part: the records marked as duplicates, sorted by (shard, id)
+result/NNNNN.parquet     per input shard: (id, is_unique, duplicate_of), the annotations' row order
+```
+
+Every file is written whole and deterministically (fixed schema, no timestamps), so a rerun
+writes the same bytes and a different split into tasks gives the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.io import storage
+from airflow_curator.core.layout import dedup_url
+from airflow_curator.core.wds.naming import shard_id
+from airflow_curator.core.wds.shardspec import format_spec, parse_spec
+
+logger = logging.getLogger(__name__)
+
+META_KEY = b"airflow_curator.dedup"
+STATS_COLUMNS = ("shard", "cluster")  # row-group min/max that readers select by
+EMBEDDING = "image_embedding"
+AESTHETIC = "aesthetic_score"
+
+
+def centroids_url(output: str) -> str:
+    return storage.join(dedup_url(output), "centroids.parquet")
+
+
+def folder_url(output: str, kind: str) -> str:
+    """``assign``, ``hash``, ``dups`` or ``result`` folder of the job."""
+    return storage.join(dedup_url(output), kind)
+
+
+def file_url(output: str, kind: str, number: int) -> str:
+    return storage.join(folder_url(output, kind), f"{number:05d}.parquet")
+
+
+def shard_files(folder: str, spec: str | None = None, what: str = "files") -> list[tuple[int, str]]:
+    """``(shard number, url)`` of the ``NNNNN.parquet`` files of a folder, by number; a
+    selection naming a shard that has no file is an error."""
+    if not storage.exists(folder):
+        if spec is None:
+            return []
+        raise CuratorError(f"{folder} does not exist (no {what})")
+    found: dict[int, str] = {}
+    for entry in storage.list_files(folder):
+        if entry.name.startswith((".", "_")) or not entry.name.endswith(".parquet"):
+            continue
+        number = shard_id(entry.name)
+        if number is not None:
+            found[number] = entry.url
+    wanted = parse_spec(spec)
+    if wanted is None:
+        return sorted(found.items())
+    missing = wanted - set(found)
+    if missing:
+        raise CuratorError(f"{folder}: no {what} for shards {format_spec(missing)}")
+    return sorted((n, found[n]) for n in wanted)
+
+
+def stem(number: int) -> str:
+    return f"{number:05d}"
+
+
+def read_parquet(url: str, shard: str, columns: list[str] | None = None, **kw: Any) -> Any:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_fs(url)
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns, **kw)
+    except FileNotFoundError:
+        raise ShardError(shard, f"{url} does not exist") from None
+    except (KeyError, ValueError, OSError) as e:
+        raise ShardError(shard, f"{url}: {e}") from e
+    except Exception as e:  # pyarrow raises its own ArrowInvalid for a damaged file
+        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
+
+
+def parquet_file(url: str, shard: str) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` (footer read only) for row-group reads."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_fs(url)
+    try:
+        return pq.ParquetFile(path, filesystem=fs)
+    except FileNotFoundError:
+        raise ShardError(shard, f"{url} does not exist") from None
+    except Exception as e:
+        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
+
+
+def present(url: str, shard: str, wanted: list[str]) -> list[str]:
+    """Those of ``wanted`` columns the file has (one footer read), so reads skip the rest."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_fs(url)
+    try:
+        names = set(pq.read_schema(path, filesystem=fs).names)
+    except FileNotFoundError:
+        raise ShardError(shard, f"{url} does not exist") from None
+    except Exception as e:
+        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
+    return [c for c in wanted if c in names]
+
+
+def file_meta(schema: Any) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def write_parquet(
+    url: str, table: Any, meta: dict[str, Any] | None = None, row_groups: list[int] | None = None
+) -> None:
+    """Deterministic Parquet, written atomically. ``row_groups`` are the row counts of
+    consecutive row groups (default one); embeddings stay uncompressed (they do not compress)."""
+    import pyarrow.parquet as pq
+
+    table = table.replace_schema_metadata(
+        {META_KEY: json.dumps(meta, sort_keys=True).encode()} if meta else None
+    ).combine_chunks()
+    compression = {f.name: ("none" if f.name == "embedding" else "zstd") for f in table.schema}
+    buf = io.BytesIO()
+    stats = [c for c in STATS_COLUMNS if c in table.column_names]
+    with pq.ParquetWriter(
+        buf, table.schema, compression=compression, use_dictionary=False, write_statistics=stats
+    ) as writer:
+        start = 0
+        for n in [n for n in (row_groups or [table.num_rows]) if n] or [0]:
+            writer.write_table(table.slice(start, n), row_group_size=max(n, 1))
+            start += n
+    data = buf.getvalue()
+    if not storage.same_bytes(url, data):  # a rerun recomputes, but rewrites nothing unchanged
+        storage.write_bytes(url, data)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Clusters ``0..n_clusters-1`` cut into ``count`` contiguous parts: the unit a dedup task
+    owns, a row group of the assign files and one ``dups`` file."""
+
+    n_clusters: int
+    count: int
+
+    def start(self, part: int) -> int:
+        return part * self.n_clusters // self.count
+
+    def clusters(self, part: int) -> range:
+        return range(self.start(part), self.start(part + 1))
+
+    def part_of(self, clusters: Any) -> Any:
+        """Part of each cluster (numpy array in, numpy array out)."""
+        import numpy as np
+
+        starts = np.array([self.start(p) for p in range(self.count)], dtype=np.int64)
+        return np.searchsorted(starts, np.asarray(clusters, dtype=np.int64), side="right") - 1
+
+    def hash_part(self, digests: Any) -> Any:
+        """Part of each sha256 (numpy ``(n, 32)`` uint8): the first 4 bytes scaled to ``count``."""
+        import numpy as np
+
+        head = digests[:, :4].astype(np.uint64)
+        h32 = (head[:, 0] << 24) | (head[:, 1] << 16) | (head[:, 2] << 8) | head[:, 3]
+        return ((h32 * np.uint64(self.count)) >> np.uint64(32)).astype(np.int64)
+
+    def select(self, spec: str | None) -> list[int]:
+        """Parts of a ``--clusters`` spec, which must cover whole parts (its groups do)."""
+        wanted = parse_spec(spec)
+        if wanted is None:
+            return list(range(self.count))
+        bad = [c for c in wanted if c >= self.n_clusters]
+        if bad:
+            raise ValueError(f"--clusters {spec!r}: there are only {self.n_clusters} clusters")
+        parts = sorted({int(p) for p in self.part_of(sorted(wanted))})
+        for p in parts:
+            whole = self.clusters(p)
+            if not set(whole) <= wanted:
+                raise ValueError(
+                    f"--clusters {spec!r} splits part {p} "
+                    f"(clusters {whole.start}-{whole.stop - 1}): "
+                    "use the groups dedup-fit returned"
+                )
+        return parts
+
+    def groups(self) -> list[dict[str, Any]]:
+        """One value per part, for ``.expand`` over the dedup step."""
+        out = []
+        for p in range(self.count):
+            r = self.clusters(p)
+            out.append({
+                "clusters": f"{r.start}-{r.stop - 1}" if len(r) > 1 else str(r.start),
+                "label": f"{r.start:05d}-{r.stop - 1:05d}",
+                "count": len(r),
+            })  # fmt: skip
+        return out
+
+
+def fixed_list(values: Any, dim: int) -> Any:
+    """A ``fixed_size_list<float32>[dim]`` array from a ``(n, dim)`` float32 numpy array."""
+    import numpy as np
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+def to_matrix(column: Any, shard: str) -> Any:
+    """``(n, dim)`` float32 numpy array of a non-null fixed-size-list (or list) column."""
+    import numpy as np
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if flat.size % n:
+        raise ShardError(shard, "embeddings have different lengths")
+    return flat.reshape(n, flat.size // n)

@@ -1,0 +1,329 @@
+"""Curation report data: counts per step and shard, score histograms, sample records.
+
+Everything is read from storage (the manifest, the merged metadata, the output manifest and the
+run record the DAG leaves), one shard at a time: histograms are fixed bins, samples are reservoirs
+and extremes are bounded heaps, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_curator.core import layout
+from airflow_curator.core.dataset.discovery import Manifest, load_manifest
+from airflow_curator.core.dataset.metadata import read_table
+from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.io import storage
+from airflow_curator.core.progress import Progress
+from airflow_curator.core.wds.records import IMAGE_EXTS
+from airflow_curator.core.wds.tarsource import IndexLocations, scan_locations
+
+logger = logging.getLogger(__name__)
+
+UNIQUE, DUPLICATE_OF = "is_unique", "duplicate_of"  # merged from the dedup stage
+# score column -> (label, histogram range, threshold param, threshold kind)
+SCORES: dict[str, tuple[str, tuple[float, float], str, str]] = {
+    "aesthetic_score": ("Aesthetic score", (0.0, 10.0), "min_aesthetic", "min"),
+    "nsfw_score": ("NSFW score", (0.0, 1.0), "max_nsfw", "max"),
+    "clip_score": ("CLIP image-text score", (-0.2, 0.6), "min_clip_score", "min"),
+}
+BINS = 40
+THUMB_PX = 112
+
+
+@dataclass
+class Histogram:
+    lo: float
+    hi: float
+    counts: list[int] = field(default_factory=lambda: [0] * BINS)
+    below: int = 0
+    above: int = 0
+
+    def add(self, values: list[float | None]) -> None:
+        width = (self.hi - self.lo) / BINS
+        for v in values:
+            if v is None or v != v:  # null or NaN: a failed record
+                continue
+            if v < self.lo:
+                self.below += 1
+            elif v > self.hi:
+                self.above += 1
+            else:  # the top edge belongs to the last bin
+                self.counts[min(int((v - self.lo) / width), BINS - 1)] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts) + self.below + self.above
+
+
+@dataclass
+class Sample:
+    shard: str
+    id: str
+    caption: str | None
+    kept: bool | None
+    error: str | None
+    scores: dict[str, float | None]
+    thumbnail: str | None = None  # data URI
+    duplicate_of: str | None = None
+
+
+@dataclass
+class ShardRow:
+    shard: str
+    records: int
+    annotated: int
+    failures: int
+    kept: int | None
+    duplicates: int | None = None
+
+
+@dataclass
+class ReportData:
+    output: str
+    dataset: str | None
+    params: dict[str, Any]
+    steps: dict[str, list[dict[str, Any]]]
+    shards: list[ShardRow]
+    histograms: dict[str, Histogram]
+    thresholds: dict[str, tuple[str, float]]
+    kept: list[Sample]
+    dropped: list[Sample]
+    lowest: list[Sample]
+    highest: list[Sample]
+    pairs: list[tuple[Sample, Sample | None]]
+    output_manifest: dict[str, Any] | None
+    input_manifest: dict[str, Any] | None
+
+    @property
+    def totals(self) -> dict[str, int | None]:
+        kept = [s.kept for s in self.shards]
+        return {
+            "records": sum(s.records for s in self.shards),
+            "annotated": sum(s.annotated for s in self.shards),
+            "failures": sum(s.failures for s in self.shards),
+            "kept": None if any(k is None for k in kept) else sum(kept),  # type: ignore[misc]
+            "duplicates": None
+            if all(s.duplicates is None for s in self.shards)
+            else sum(s.duplicates or 0 for s in self.shards),
+        }
+
+
+class _Reservoir:
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size, self.rng, self.seen, self.items = size, rng, 0, []
+
+    def offer(self, item: Sample) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.size:
+                self.items[j] = item
+
+
+def _read_json(url: str) -> dict[str, Any] | None:
+    if not storage.exists(url):
+        return None
+    return json.loads(storage.read_bytes(url))
+
+
+def gather(
+    output: str,
+    *,
+    metadata: str | None = None,
+    manifest: str | None = None,
+    run_json: str | None = None,
+    filter_column: str = "passes_curation",
+    id_col: str = "key",
+    thresholds: dict[str, float | None] | None = None,
+    per_grid: int = 12,
+    extremes: int = 6,
+    seed: int = 0,
+) -> ReportData:
+    """Collect the report's figures and samples (thumbnails included) from storage."""
+    metadata = metadata or layout.metadata_url(output)
+    run = _read_json(run_json or layout.run_url(output)) or {}
+    params: dict[str, Any] = run.get("params", {})
+    man_url = manifest or layout.manifest_url(output)
+    if not storage.exists(man_url):
+        raise CuratorError(f"no dataset manifest at {man_url}: run discover first")
+    man: Manifest = load_manifest(man_url)
+    limits: dict[str, tuple[str, float]] = {}
+    for col, (_, _, param, kind) in SCORES.items():
+        value = (thresholds or {}).get(param)
+        if value is None:
+            value = params.get(param)
+        if value is not None and value != "":
+            limits[col] = (kind, float(value))
+
+    rng = random.Random(seed)
+    kept, dropped = _Reservoir(per_grid, rng), _Reservoir(per_grid, rng)
+    dups = _Reservoir(max(per_grid // 2, 1), rng)
+    low: list[tuple[float, str, Sample]] = []
+    high: list[tuple[float, str, Sample]] = []
+    hists = {c: Histogram(*SCORES[c][1]) for c in SCORES}
+    rows: list[ShardRow] = []
+    progress = Progress("report", len(man.shards), logger=logger)
+    for shard in man.shards:
+        url = storage.join(metadata, f"{shard.stem}.parquet")
+        if not storage.exists(url):
+            rows.append(ShardRow(shard.stem, shard.records or 0, 0, 0, None))
+            progress.update()
+            continue
+        table = read_table(url, shard.stem)
+        names = set(table.column_names)
+        wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
+        cols = {c: table.column(c).to_pylist() for c in wanted if c in names}
+        ids = [str(i) for i in table.column(id_col).to_pylist()]
+        flags = table.column(filter_column).to_pylist() if filter_column in names else None
+        errors = cols.get("error", [None] * len(ids))
+        for c in SCORES:
+            if c in cols:
+                hists[c].add(cols[c])
+        annotated = len(ids) if any(c in cols for c in SCORES) else 0
+        failures = sum(e is not None for e in errors)
+        rows.append(
+            ShardRow(
+                shard.stem,
+                len(ids),
+                annotated,
+                failures,
+                None if flags is None else sum(bool(f) for f in flags),
+                None if UNIQUE not in cols else sum(u is False for u in cols[UNIQUE]),
+            )
+        )
+        for i, rid in enumerate(ids):
+            sample = Sample(
+                shard.stem,
+                rid,
+                (cols.get("caption") or [None] * len(ids))[i],
+                None if flags is None else bool(flags[i]),
+                errors[i],
+                {c: cols[c][i] for c in SCORES if c in cols},
+            )
+            if flags is not None:
+                (kept if flags[i] else dropped).offer(sample)
+            if UNIQUE in cols and cols[UNIQUE][i] is False and cols.get(DUPLICATE_OF):
+                sample.duplicate_of = cols[DUPLICATE_OF][i]
+                dups.offer(sample)
+            score = sample.scores.get("aesthetic_score")
+            if score is not None:
+                _push(low, (-score, rid, sample), extremes)
+                _push(high, (score, rid, sample), extremes)
+        progress.update()
+
+    lowest = [s for _, _, s in sorted(low, key=lambda t: (-t[0], t[1]))]
+    highest = [s for _, _, s in sorted(high, key=lambda t: (-t[0], t[1]))]
+    duplicates = sorted(dups.items, key=lambda d: d.id)
+    originals = _find(
+        man, metadata, id_col, {d.duplicate_of for d in duplicates}, flags_col=filter_column
+    )
+    pairs = [(d, originals.get(d.duplicate_of or "")) for d in duplicates]
+    picked = kept.items + dropped.items + lowest + highest + duplicates + list(originals.values())
+    _thumbnails(man, picked)
+    return ReportData(
+        output=output,
+        dataset=man.dataset,
+        params=params,
+        steps=run.get("steps", {}),
+        shards=rows,
+        histograms=hists,
+        thresholds=limits,
+        pairs=pairs,
+        kept=sorted(kept.items, key=lambda s: s.id),
+        dropped=sorted(dropped.items, key=lambda s: s.id),
+        lowest=lowest,
+        highest=highest,
+        output_manifest=_read_json(storage.join(output, layout.OUTPUT_MANIFEST)),
+        input_manifest=json.loads(man.to_json()),
+    )
+
+
+def _find(
+    man: Manifest, metadata: str, id_col: str, ids: set[str | None], flags_col: str
+) -> dict[str, Sample]:
+    """The records with these ids (the kept originals of duplicate pairs), one shard at a time."""
+    found: dict[str, Sample] = {}
+    ids = {i for i in ids if i}
+    for shard in man.shards:
+        if len(found) == len(ids):
+            break
+        url = storage.join(metadata, f"{shard.stem}.parquet")
+        if not ids or not storage.exists(url):
+            continue
+        table = read_table(url, shard.stem)
+        names = set(table.column_names)
+        for i, rid in enumerate(table.column(id_col).to_pylist()):
+            if str(rid) in ids:
+                row = {
+                    c: table.column(c)[i].as_py()
+                    for c in (*SCORES, "caption", "error", flags_col)
+                    if c in names
+                }
+                found[str(rid)] = Sample(
+                    shard.stem,
+                    str(rid),
+                    row.get("caption"),
+                    row.get(flags_col),
+                    row.get("error"),
+                    {c: row[c] for c in SCORES if c in row},
+                )
+    return found
+
+
+def _push(heap: list, item: tuple, size: int) -> None:
+    if len(heap) < size:
+        heapq.heappush(heap, item)
+    elif item[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, item)
+
+
+def _thumbnails(man: Manifest, samples: list[Sample]) -> None:
+    """Small JPEG data URIs of the samples' images, read from their shards by range."""
+    by_shard: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_shard.setdefault(s.shard, []).append(s)
+    tars = {s.stem: s for s in man.shards}
+    for stem, group in by_shard.items():
+        shard = tars[stem]
+        # the same locator reshard uses: the fresh .idx, else one header scan of the tar
+        locations: Any = (
+            IndexLocations(storage.read_bytes(shard.idx).decode(), stem, shard.idx)
+            if shard.idx and shard.idx_fresh
+            else scan_locations(shard.tar, shard.tar_bytes, stem)
+        )
+        for s in group:
+            if s.id not in locations:
+                continue
+            parts = {ext: (off, size) for ext, off, size in locations[s.id]}
+            ext = next((e for e in IMAGE_EXTS if e in parts), None)
+            if ext:
+                start, size = parts[ext]
+                s.thumbnail = _thumbnail(storage.read_range(shard.tar, start, start + size))
+
+
+def _thumbnail(raw: bytes) -> str | None:
+    import base64
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img = img.convert("RGB")
+            img.thumbnail((THUMB_PX, THUMB_PX))
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=80)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None  # a corrupt image: the card shows its error instead
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+__all__ = ["IMAGE_EXTS", "ReportData", "gather"]

@@ -1,0 +1,1 @@
+"""plan-reshard, reshard and commit: the filtered, resharded copy of a dataset."""

@@ -1,0 +1,328 @@
+"""Reshard plan: which kept input records go to which output shard, decided once, up front.
+
+Planning reads only the id and filter columns of each shard's metadata. Prefix sums of the kept
+counts give every output shard its pieces: ``(input shard, first, last)`` ranges of that shard's
+kept records (in Parquet row order). Output tasks then run in any grouping or order and still write
+the same bytes. The plan also fixes the output Parquet schema (unified over all inputs) and a digest
+of each input's kept ids, so a reshard task notices metadata that changed after planning.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_curator.core.dataset.discovery import (
+    GROUP_BYTES,
+    MAX_GROUPS,
+    Shard,
+    discover,
+    make_groups,
+)
+from airflow_curator.core.dataset.metadata import check_ids
+from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.io import storage
+from airflow_curator.core.layout import SUCCESS, plan_url
+from airflow_curator.core.wds.naming import offset_digits, shard_name
+from airflow_curator.core.wds.shardspec import format_spec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InputShard:
+    stem: str
+    tar: str
+    tar_bytes: int
+    idx: str | None
+    metadata: str
+    rows: int
+    kept: int
+    digest: str  # sha256 of the kept ids, one per line
+
+
+@dataclass
+class OutputShard:
+    index: int
+    name: str
+    records: int
+    pieces: list[tuple[str, int, int]]  # (input stem, first kept ordinal, end kept ordinal)
+    est_bytes: int = 0
+
+
+@dataclass
+class Plan:
+    dataset: str
+    metadata: str
+    output: str
+    filter_column: str
+    id_col: str
+    samples_per_shard: int
+    max_shards: int
+    old_id_col: str | None
+    schema: str  # base64 of the Arrow IPC schema of the output Parquet
+    inputs: list[InputShard]
+    outputs: list[OutputShard] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return sum(o.records for o in self.outputs)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        d = json.loads(text)
+        d["inputs"] = [InputShard(**i) for i in d["inputs"]]
+        d["outputs"] = [
+            OutputShard(**{**o, "pieces": [tuple(p) for p in o["pieces"]]}) for o in d["outputs"]
+        ]
+        return cls(**d)
+
+    def arrow_schema(self) -> Any:
+        import pyarrow as pa
+
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.schema)))
+
+    def input(self, stem: str) -> InputShard:
+        for i in self.inputs:
+            if i.stem == stem:
+                return i
+        raise CuratorError(f"plan has no input shard {stem}")
+
+
+def load_plan(url: str) -> Plan:
+    try:
+        return Plan.from_json(storage.read_bytes(url).decode())
+    except FileNotFoundError:
+        raise CuratorError(f"reshard plan {url} does not exist (run plan-reshard first)") from None
+
+
+def read_parquet(url: str, shard: str, columns: list[str] | None = None) -> tuple[Any, Any]:
+    """(Arrow schema, table of ``columns``) of one Parquet."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_fs(url)
+    try:
+        pf = pq.ParquetFile(path, filesystem=fs)
+        schema = pf.schema_arrow
+        missing = [c for c in columns or () if c not in schema.names]
+        if missing:
+            raise ShardError(shard, f"{url} has no column {missing[0]!r}")
+        return schema, pf.read(columns=columns)
+    except FileNotFoundError:
+        raise ShardError(shard, f"metadata {url} does not exist") from None
+    except ShardError:
+        raise
+    except Exception as e:
+        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
+
+
+def kept_rows(table: Any, filter_column: str, shard: str) -> list[int]:
+    """Row numbers whose filter column is True (null counts as False)."""
+    import pyarrow as pa
+
+    if filter_column not in table.column_names:
+        raise ShardError(shard, f"metadata has no filter column {filter_column!r}")
+    column = table.column(filter_column)
+    if not pa.types.is_boolean(column.type):
+        raise ShardError(
+            shard, f"filter column {filter_column!r} is {column.type}, not a boolean column"
+        )
+    return [i for i, v in enumerate(column.to_pylist()) if v]
+
+
+def ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def _check_apart(dataset: str, output: str) -> None:
+    """Refuse an output that is the input or inside it: commit sweeps shard-named files in the
+    output folder, and discovery of the input would pick the output's shards up."""
+    a, b = (posixpath.normpath(storage.local_path(x).rstrip("/")) for x in (dataset, output))
+    if a == b:
+        raise ValueError(f"output {output} is the input dataset: choose another folder")
+    if b.startswith(a + "/"):
+        raise ValueError(f"output {output} is inside the input dataset {dataset}")
+
+
+def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> tuple[Any, ...]:
+    schema, table = read_parquet(meta_url, shard.stem, [id_col, filter_column])
+    ids = check_ids(table.column(id_col).to_pylist(), shard.stem, meta_url)
+    rows = kept_rows(table, filter_column, shard.stem)
+    return schema, InputShard(
+        shard.stem,
+        shard.tar,
+        shard.tar_bytes,
+        shard.idx if shard.idx_fresh else None,
+        meta_url,
+        len(ids),
+        len(rows),
+        ids_digest([ids[r] for r in rows]),
+    )
+
+
+def output_schema(schemas: list[Any], id_col: str, old_id_col: str | None) -> Any:
+    """Unified input schema, the id column as string, plus ``old_id_col`` (old id's type)."""
+    import pyarrow as pa
+
+    try:
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise CuratorError(f"the shards' metadata schemas do not agree: {e}") from None
+    unified = unified.remove_metadata()
+    old_type = unified.field(id_col).type
+    fields = [pa.field(id_col, pa.string()) if f.name == id_col else f for f in unified]
+    if old_id_col:
+        fields = [f for f in fields if f.name != old_id_col] + [pa.field(old_id_col, old_type)]
+    return pa.schema(fields)
+
+
+def assign_outputs(inputs: list[InputShard], samples_per_shard: int) -> list[OutputShard]:
+    """Cut the kept records, in input order, into output shards of ``samples_per_shard``."""
+    outputs: list[OutputShard] = []
+    current: OutputShard | None = None
+    for inp in inputs:
+        per_record = inp.tar_bytes / max(inp.rows, 1)
+        first = 0
+        while first < inp.kept:
+            if current is None or current.records == samples_per_shard:
+                current = OutputShard(len(outputs), "", 0, [])
+                outputs.append(current)
+            take = min(samples_per_shard - current.records, inp.kept - first)
+            current.pieces.append((inp.stem, first, first + take))
+            current.records += take
+            current.est_bytes += int(per_record * take)
+            first += take
+    return outputs
+
+
+def make_plan(
+    dataset: str,
+    output: str,
+    filter_column: str,
+    *,
+    metadata: str | None = None,
+    id_col: str = "key",
+    samples_per_shard: int = 10000,
+    max_shards: int = 5,
+    old_id_col: str | None = None,
+    shards: str | None = None,
+    threads: int = 8,
+) -> Plan:
+    """Read kept counts and schemas; fail before anything is written if the output can't fit."""
+    offset_digits(samples_per_shard)  # validates >= 1
+    if max_shards < 1:
+        raise ValueError(f"max_shards must be >= 1, got {max_shards}")
+    _check_apart(dataset, output)
+    if old_id_col == id_col:
+        raise ValueError(f"old_id_col must differ from the id column {id_col!r}")
+    manifest = discover(dataset, count_records=False)
+    selected = manifest.select(shards)
+    meta_root = metadata or dataset
+    metas = [storage.join(meta_root, f"{s.stem}.parquet") for s in selected]
+    with ThreadPoolExecutor(max(1, min(threads, len(selected)))) as pool:
+        read = list(
+            pool.map(
+                lambda sm: _read_input(sm[0], sm[1], id_col, filter_column),
+                zip(selected, metas, strict=True),
+            )
+        )
+    inputs = [r[1] for r in read]
+    schema = output_schema([r[0] for r in read], id_col, old_id_col) if read else None
+    kept = sum(i.kept for i in inputs)
+    needed = -(-kept // samples_per_shard)
+    if needed > 10**max_shards:
+        raise CuratorError(
+            f"{kept} kept records need {needed} output shards of {samples_per_shard}, more than "
+            f"max_shards={max_shards} digits allow ({10**max_shards}); raise max_shards or "
+            f"samples_per_shard"
+        )
+    outputs = assign_outputs(inputs, samples_per_shard)
+    for o in outputs:
+        o.name = shard_name(o.index, max_shards)
+    if schema is None:
+        import pyarrow as pa
+
+        schema = pa.schema([pa.field(id_col, pa.string())])
+    encoded = base64.b64encode(schema.serialize().to_pybytes()).decode()
+    return Plan(
+        dataset, meta_root, output, filter_column, id_col, samples_per_shard, max_shards,
+        old_id_col, encoded, inputs, outputs,
+    )  # fmt: skip
+
+
+def output_groups(
+    plan: Plan, url: str, max_groups: int = MAX_GROUPS, group_bytes: int = GROUP_BYTES
+) -> list[dict[str, Any]]:
+    """Contiguous runs of output shards balanced by estimated bytes, as small XCom values."""
+    pseudo = [Shard(o.index, o.name, "", max(o.est_bytes, 1)) for o in plan.outputs]
+    groups = []
+    for g in make_groups(pseudo, max_groups, group_bytes):
+        first, last = g[0].stem, g[-1].stem
+        groups.append(
+            {
+                "outputs": format_spec(s.id for s in g),
+                "label": first if first == last else f"{first}-{last}",
+                "count": len(g),
+                "records": sum(plan.outputs[s.id].records for s in g),
+                "bytes": sum(s.tar_bytes for s in g),
+                "plan": url,
+            }
+        )
+    return groups
+
+
+def plan_reshard(
+    dataset: str,
+    output: str,
+    filter_column: str,
+    *,
+    max_groups: int = MAX_GROUPS,
+    group_bytes: int = GROUP_BYTES,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
+    one already there), return the output groups."""
+    plan = make_plan(dataset, output, filter_column, **kwargs)
+    url = plan_url(output)
+    text = plan.to_json().encode()
+    if storage.same_bytes(url, text):  # a rerun: a committed output stays committed
+        logger.info("plan %s is unchanged", url)
+    else:
+        success = storage.join(output, SUCCESS)
+        if storage.exists(success):
+            logger.info("removing %s: the output is being rewritten", success)
+            storage.remove(success)
+        storage.write_bytes(url, text)
+    kept = plan.records
+    total = sum(i.rows for i in plan.inputs)
+    message = f"{kept} of {total} records kept -> {len(plan.outputs)} output shards"
+    if kept == 0:
+        message = f"no record of {total} has {filter_column!r} true: the output will be empty"
+        logger.warning("%s", message)
+    else:
+        logger.info("%s", message)
+    groups = output_groups(plan, url, max_groups, group_bytes)
+    return {
+        "plan": url,
+        "output": output,
+        "records": kept,
+        "input_records": total,
+        "input_shards": len(plan.inputs),
+        "output_shards": len(plan.outputs),
+        "empty_inputs": [i.stem for i in plan.inputs if i.kept == 0],
+        "groups": groups,
+        "message": message,
+    }

@@ -1,0 +1,461 @@
+"""Reshard: write the output shards of a plan, copying kept members' bytes unchanged.
+
+Each output shard is a ``.tar`` (deterministic headers, new ids, the id inside ``.json`` rewritten),
+its ``.idx`` (from the members as they are written: no second read) and its ``.parquet`` (the kept
+metadata rows, new ids, the old id in ``old_id_col``). Input members are found by record id through
+the input ``.idx`` (or one header scan of the tar) and read by range: a local tar a record at a
+time, an object-store tar in merged ranges. A record is read straight into the writer's staging
+buffer, where its headers are replaced and its ``.json`` id is patched; the buffer is hashed and
+written (with direct I/O on a local disk) a megabyte at a time. A marker JSON (sizes, sha256,
+counts) is written last per output shard; ``commit`` checks those markers. Reading inputs lives in
+``tarsource``, writing in ``tarwriter`` and ``sink``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from airflow_curator.core.dataset.save_metadata import parquet_bytes
+from airflow_curator.core.errors import CuratorError, ShardError, preview
+from airflow_curator.core.io import storage
+from airflow_curator.core.layout import marker_url, markers_url
+from airflow_curator.core.progress import Progress
+from airflow_curator.core.reshard.plan import (
+    InputShard,
+    OutputShard,
+    Plan,
+    ids_digest,
+    kept_rows,
+    load_plan,
+    read_parquet,
+)
+from airflow_curator.core.wds.index import index_text
+from airflow_curator.core.wds.naming import SHARD_EXTS, record_ids
+from airflow_curator.core.wds.shardspec import format_spec, parse_spec
+from airflow_curator.core.wds.tarsource import (
+    IndexLocations,
+    Location,
+    TarSource,
+    index_matches,
+    scan_locations,
+)
+from airflow_curator.core.wds.tarstream import BLOCK
+from airflow_curator.core.wds.tarwriter import TarWriter, slot_size
+from airflow_curator.core.workerpool import worker_pool
+
+logger = logging.getLogger(__name__)
+
+BATCH = 256  # records per ranged read from an object store
+
+
+def rewrite_json(raw: bytes | memoryview, id_col: str, old: str, new: str, shard: str) -> bytes:
+    """The record's JSON with ``id_col`` set to the new id.
+
+    Fast path: when ``"<id_col>": "<old id>"`` occurs exactly once it is replaced in place, so the
+    rest of the JSON keeps its exact bytes; otherwise the JSON is parsed and dumped again.
+    """
+    raw = bytes(raw)
+    needle = f'"{id_col}": "{old}"'.encode()
+    if raw.count(needle) == 1 and raw.lstrip().startswith(b"{"):
+        return raw.replace(needle, f'"{id_col}": "{new}"'.encode())
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(shard, f"record {old}: .json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ShardError(shard, f"record {old}: .json is not an object")
+    meta[id_col] = new
+    return json.dumps(meta, ensure_ascii=False).encode()
+
+
+class InputCache:
+    """The metadata table, kept rows, member locations and byte source of recent input shards."""
+
+    def __init__(self, plan: Plan, keep: int = 2) -> None:
+        self.plan = plan
+        self.keep = keep
+        self.loaded: dict[str, dict[str, Any]] = {}
+
+    def get(self, stem: str) -> dict[str, Any]:
+        if stem in self.loaded:
+            return self.loaded[stem]
+        if len(self.loaded) >= self.keep:
+            old = next(iter(self.loaded))
+            self.loaded.pop(old)["source"].close()
+        inp = self.plan.input(stem)
+        self.loaded[stem] = entry = self._load(inp)
+        return entry
+
+    def _load(self, inp: InputShard) -> dict[str, Any]:
+        from airflow_curator.core.dataset.metadata import check_ids
+
+        plan = self.plan
+        table = read_parquet(inp.metadata, inp.stem)[1]
+        ids = check_ids(table.column(plan.id_col).to_pylist(), inp.stem, inp.metadata)
+        rows = kept_rows(table, plan.filter_column, inp.stem)
+        if len(rows) != inp.kept or ids_digest([ids[r] for r in rows]) != inp.digest:
+            raise ShardError(
+                inp.stem,
+                f"{inp.metadata} changed after planning ({len(rows)} kept now, {inp.kept} "
+                f"planned): run plan-reshard again",
+            )
+        source = TarSource(inp.tar, inp.tar_bytes)
+        if source.size != inp.tar_bytes:
+            raise ShardError(inp.stem, f"{inp.tar} changed after planning: run plan-reshard again")
+        locations: Any = None
+        if inp.idx:
+            text = storage.read_bytes(inp.idx).decode("utf-8", "surrogateescape")
+            locations = IndexLocations(text, inp.stem, inp.idx)
+            if not index_matches(source, locations, [ids[r] for r in rows]):
+                logger.warning(
+                    "shard %s: %s does not match the tar (stale?); scanning the tar instead",
+                    inp.stem,
+                    inp.idx,
+                )
+                locations = None
+        if locations is None:
+            locations = scan_locations(inp.tar, inp.tar_bytes, inp.stem)
+        return {"table": table, "ids": ids, "rows": rows, "locations": locations, "source": source}
+
+    def close(self) -> None:
+        for entry in self.loaded.values():
+            entry["source"].close()
+        self.loaded.clear()
+
+
+def _piece_records(
+    entry: dict[str, Any], stem: str, rows: list[int]
+) -> Iterator[tuple[str, Location, TarSource]]:
+    """(old id, member locations, byte source) for the kept ``rows`` of one input shard."""
+    ids, locations, source = entry["ids"], entry["locations"], entry["source"]
+    old_ids = [ids[r] for r in rows]
+    missing = [i for i in old_ids if i not in locations]
+    if missing:
+        raise ShardError(
+            stem, f"{len(missing)} kept records are not in the tar: {preview(missing)}"
+        )
+    for start in range(0, len(old_ids), BATCH):
+        batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
+        if source.fd is None:
+            # with each member's header block and padding: a plain record is read in one piece
+            source.prefetch(
+                [(off - BLOCK, slot_size(size)) for _, locs in batch for _, off, size in locs]
+            )
+        for old, locs in batch:
+            yield old, locs, source
+
+
+def _cast(column: Any, type_: Any) -> Any:
+    return column if column.type == type_ else column.cast(type_)
+
+
+def _take(table: Any, rows: list[int]) -> Any:
+    """``table.take(rows)`` without importing the ``pyarrow.compute`` wrapper module: that
+    import costs ~25 ms, in the serial start of every reshard process; the kernel itself is in
+    ``_compute``, a few milliseconds."""
+    import pyarrow as pa
+
+    try:
+        from pyarrow._compute import call_function
+    except ImportError:  # a pyarrow that moved it
+        return table.take(pa.array(rows, pa.int64()))
+    return call_function("take", [table, pa.array(rows, pa.int64())])
+
+
+def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[str]) -> Any:
+    """The output shard's Parquet rows in the plan's schema: new ids, old ids if asked."""
+    import pyarrow as pa
+
+    schema = plan.arrow_schema()
+    n = len(new_ids)
+    columns = []
+    for f in schema:
+        if f.name == plan.id_col:
+            columns.append(pa.array(new_ids, pa.string()))
+        elif f.name == plan.old_id_col:
+            columns.append(_cast(pa.array(old), f.type))
+        else:
+            chunks = [
+                _cast(t.column(f.name), f.type)
+                if f.name in t.column_names
+                else pa.nulls(len(t), f.type)
+                for t in parts
+            ]
+            columns.append(pa.chunked_array(chunks, f.type) if chunks else pa.nulls(n, f.type))
+    return pa.Table.from_arrays(columns, schema=schema).combine_chunks()
+
+
+class Flusher:
+    """Flushes finished output tars to disk in a background thread while the next one is
+    written, so commit's flush later finds the work done without the writer ever waiting on
+    the disk (``fsync`` releases the GIL)."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="curator-flush")
+        self.pending: list[Any] = []
+
+    def submit(self, f: Any) -> None:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            f.flush()
+            fd = os.dup(f.fileno())  # still the same file after the atomic rename
+            self.pending.append(self.pool.submit(_fsync_close, fd))
+
+    def close(self) -> None:
+        for fut in self.pending:
+            with contextlib.suppress(OSError):
+                fut.result()
+        self.pool.shutdown(wait=True)
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_record(
+    writer: TarWriter,
+    source: TarSource,
+    locs: Location,
+    old: str,
+    new: str,
+    id_col: str,
+    shard: str,
+) -> None:
+    """Append one record under its new id. Usually its members are read straight into the
+    writer's buffer and only the headers and the ``.json`` id are changed there; records with
+    extended headers, a ``.json`` whose length changes, or long names take the general path,
+    which writes the same bytes."""
+    slots = writer.reserve([size for _, _, size in locs])
+    if slots is not None and source.read_into(locs, slots):
+        metas: dict[int, bytes] = {}  # .json members whose length changed
+        for i, (ext, _, size) in enumerate(locs):
+            if ext == "json":
+                data = slots[i][BLOCK : BLOCK + size]
+                meta = rewrite_json(data, id_col, old, new, shard)
+                if len(meta) == size:
+                    data[:] = meta
+                else:
+                    metas[i] = meta
+        if not metas and writer.commit(new, [ext for ext, _, _ in locs]):
+            return
+        # copies: the views point into the buffer that add_record writes to
+        datas: list[Any] = [
+            metas.get(i) or bytes(slot[BLOCK : BLOCK + size])
+            for i, (slot, (_, _, size)) in enumerate(zip(slots, locs, strict=True))
+        ]
+    else:
+        datas = source.read(locs)
+        for i, (ext, _, _) in enumerate(locs):
+            if ext == "json":
+                datas[i] = rewrite_json(datas[i], id_col, old, new, shard)
+    writer.add_record([(f"{new}.{ext}", d) for (ext, _, _), d in zip(locs, datas, strict=True)])
+
+
+def write_output(
+    cache: InputCache, out: OutputShard, flusher: Flusher | None = None, direct_io: bool = True
+) -> dict[str, Any]:
+    """Write one output shard (tar, idx, parquet, then its marker); return the marker.
+    ``direct_io``: write a local tar around the page cache (see ``sink``)."""
+    import hashlib
+
+    t0 = time.perf_counter()
+    plan = cache.plan
+    base = storage.join(plan.output, out.name)
+    ids = record_ids(out.index, out.records, plan.samples_per_shard, plan.max_shards)
+    old_ids: list[str] = []
+    id_col = plan.id_col
+    parts = []  # the kept metadata rows, taken piece by piece (inputs may be evicted after)
+    with storage.atomic_writer(base + ".tar", fsync=False) as f:
+        writer = TarWriter(f, direct=direct_io and storage.is_local(base))
+        try:
+            for stem, first, end in out.pieces:
+                entry = cache.get(stem)
+                rows = entry["rows"][first:end]
+                parts.append(_take(entry["table"], rows))
+                for old, locs, source in _piece_records(entry, stem, rows):
+                    new = ids[len(old_ids)]
+                    _copy_record(writer, source, locs, old, new, id_col, out.name)
+                    old_ids.append(old)
+        except BaseException:
+            writer.abort()  # before atomic_writer closes the file under the writing thread
+            raise
+        writer.close()
+        if flusher is not None:
+            flusher.submit(f)
+    if len(old_ids) != out.records:
+        raise ShardError(out.name, f"wrote {len(old_ids)} records, the plan says {out.records}")
+    files = {"tar": {"name": out.name + ".tar", "size": writer.pos, "sha256": writer.sha256}}
+    idx = index_text(writer.members, out.name)[0].encode()
+    pq_data = parquet_bytes(_metadata_table(plan, parts, ids, old_ids))
+    for ext, data in (("idx", idx), ("parquet", pq_data)):
+        storage.write_bytes(f"{base}.{ext}", data, fsync=False)
+        files[ext] = {
+            "name": f"{out.name}.{ext}",
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    marker = {"plan": plan.digest, "shard": out.name, "records": out.records, "files": files}
+    storage.write_bytes(
+        marker_url(plan.output, out.name), json.dumps(marker, sort_keys=True).encode(), fsync=False
+    )
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "wrote shard %s: %d records, %.1f MB in %.2fs (%.0f MB/s)",
+        out.name,
+        out.records,
+        writer.pos / 1e6,
+        seconds,
+        writer.pos / 1e6 / max(seconds, 1e-9),
+    )
+    return marker
+
+
+def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
+    plan_url, indexes, direct_io = task
+    plan = load_plan(plan_url)
+    cache = InputCache(plan)
+    flusher = Flusher() if storage.is_local(plan.output) else None
+    try:
+        return [write_output(cache, plan.outputs[i], flusher, direct_io) for i in indexes]
+    finally:
+        cache.close()
+        if flusher is not None:
+            flusher.close()
+
+
+def sweep_debris(plan: Plan, indexes: list[int], listing: list[storage.Entry]) -> None:
+    """Remove what killed attempts left of these output shards (``listing``: the output folder's):
+    temporaries of their tar, idx, Parquet and marker (a killed step's writers die with it,
+    mid-file)."""
+    names = [plan.outputs[i].name for i in indexes]
+    if not names:
+        return
+    storage.sweep_temporaries(listing, {f"{n}.{ext}" for n in names for ext in SHARD_EXTS})
+    storage.sweep_temporaries(
+        storage.list_files(markers_url(plan.output), missing_ok=True), {f"{n}.json" for n in names}
+    )
+
+
+def finished(
+    plan: Plan, indexes: list[int], listing: list[storage.Entry]
+) -> dict[int, dict[str, Any]]:
+    """Output shards an earlier attempt finished for this same plan: its marker is there and
+    every file has the size ``listing`` (the output folder's) gives it."""
+    sizes = {e.name: e.size for e in listing}
+    digest = plan.digest
+    done: dict[int, dict[str, Any]] = {}
+    for i in indexes:
+        name = plan.outputs[i].name
+        if f"{name}.tar" not in sizes:
+            continue
+        try:
+            marker = json.loads(storage.read_bytes(marker_url(plan.output, name)))
+        except FileNotFoundError:
+            continue
+        files = marker.get("files", {}).values()
+        if marker.get("plan") == digest and all(sizes.get(f["name"]) == f["size"] for f in files):
+            done[i] = marker
+    return done
+
+
+def reshard(
+    plan_url: str,
+    outputs: str | None = None,
+    *,
+    workers: int = 0,
+    force: bool = False,
+    direct_io: bool = True,
+) -> dict[str, Any]:
+    """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``.
+
+    Shards a previous attempt finished for the same plan are skipped unless ``force``: a retried
+    task redoes only what is missing (rewriting would give the same bytes anyway). Local tars
+    are written with direct I/O unless ``direct_io`` is false (e.g. for a network file system
+    that would serve it slowly)."""
+    t0 = time.perf_counter()
+    plan = load_plan(plan_url)
+    wanted = parse_spec(outputs)
+    indexes = [o.index for o in plan.outputs if wanted is None or o.index in wanted]
+    if wanted is not None and len(indexes) != len(wanted):
+        extra = wanted - set(indexes)
+        raise CuratorError(
+            f"outputs {format_spec(extra)} are not in the plan ({len(plan.outputs)} outputs)"
+        )
+    listing = storage.list_files(plan.output, missing_ok=True)  # one listing for both
+    done = {} if force else finished(plan, indexes, listing)
+    if done:
+        logger.info("%d output shards are already written for this plan: skipped", len(done))
+    todo = [i for i in indexes if i not in done]
+    sweep_debris(plan, todo, listing)
+    n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
+    tasks = [(plan_url, c, direct_io) for c in chunks if c]
+    progress = Progress("reshard", len(todo), logger=logger)
+    markers: list[dict[str, Any]] = list(done.values())
+    local = storage.is_local(plan.output)
+    with contextlib.ExitStack() as stack:
+        if len(tasks) <= 1:
+            results: Any = map(_write_many, tasks)
+        else:
+            if local:
+                importlib.import_module("pyarrow.parquet")  # once here, not in every worker
+            pool = stack.enter_context(worker_pool(len(tasks), processes=local))
+            results = pool.map(_write_many, tasks)
+        for batch in results:
+            markers.extend(batch)
+            progress.update(
+                len(batch),
+                items=sum(m["records"] for m in batch),
+                nbytes=sum(m["files"]["tar"]["size"] for m in batch),
+            )
+    seconds = time.perf_counter() - t0
+    nbytes = sum(m["files"]["tar"]["size"] for m in markers)
+    return {
+        "plan": plan_url,
+        "outputs": format_spec(indexes),
+        "shards": len(markers),
+        "written": len(markers) - len(done),
+        "skipped": len(done),
+        "records": sum(m["records"] for m in markers),
+        "bytes": nbytes,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 1),
+    }
+
+
+def reshard_dataset(
+    dataset: str,
+    output: str,
+    filter_column: str,
+    *,
+    workers: int = 0,
+    sync: bool = True,
+    direct_io: bool = True,
+    **plan_options: Any,
+) -> dict[str, Any]:
+    """Plan, write and commit a reshard in this process: the seed's ``to_webdataset`` and the
+    ``to-webdataset`` command, for a laptop or a script (the DAG runs the three steps as tasks)."""
+    from airflow_curator.core.reshard.commit import commit
+    from airflow_curator.core.reshard.plan import plan_reshard
+
+    planned = plan_reshard(dataset, output, filter_column, **plan_options)
+    written = reshard(planned["plan"], workers=workers, direct_io=direct_io)
+    committed = commit(planned["plan"], sync=sync)
+    return {
+        **committed,
+        "plan": planned["plan"],
+        "input_records": planned["input_records"],
+        "written": written["written"],
+        "skipped": written["skipped"],
+        "message": planned["message"],
+    }

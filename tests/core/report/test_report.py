@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_curator.core.dataset.discovery import discover, save_manifest
+from airflow_curator.core.report.data import gather
+from airflow_curator.core.report.page import write_report
+from airflow_curator.testing.dataset import write_sample_dataset
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A generated run: dataset, manifest, merged metadata with scores and a filter column."""
+    dataset, output = str(tmp_path / "in"), str(tmp_path / "out")
+    write_sample_dataset(dataset, shards=3, records_per_shard=10, seed=3)
+    save_manifest(discover(dataset), f"{output}/_work/manifest.json")
+    rng = random.Random(0)
+    truth = {"records": 0, "failures": 0, "kept": 0, "aesthetic": []}
+    for s in range(3):
+        table = pq.read_table(f"{dataset}/{s:05d}.parquet")
+        n = table.num_rows
+        failed = [i == 4 for i in range(n)]
+        aes = [None if f else rng.uniform(2, 8) for f in failed]
+        kept = [a is not None and a >= 5.0 for a in aes]
+        table = (
+            table.append_column("aesthetic_score", pa.array(aes, pa.float32()))
+            .append_column(
+                "nsfw_score", pa.array([None if f else rng.random() for f in failed], pa.float32())
+            )
+            .append_column(
+                "clip_score",
+                pa.array([None if f else rng.uniform(0, 0.4) for f in failed], pa.float32()),
+            )
+            .append_column(
+                "error", pa.array(["decode error: bad JPEG" if f else None for f in failed])
+            )
+            .append_column("passes_curation", pa.array(kept))
+        )
+        # the dedup stage's columns: record 2 of shard 1 copies record 1 of shard 0
+        dup_of = [("000000001" if (s, i) == (1, 2) else None) for i in range(n)]
+        table = table.append_column("is_unique", pa.array([d is None for d in dup_of]))
+        table = table.append_column("duplicate_of", pa.array(dup_of, pa.string()))
+        os.makedirs(f"{output}/_work/metadata", exist_ok=True)
+        pq.write_table(table, f"{output}/_work/metadata/{s:05d}.parquet")
+        truth["records"] += n
+        truth["failures"] += sum(failed)
+        truth["kept"] += sum(kept)
+        stored = pa.array(aes, pa.float32()).to_pylist()  # what the report reads back
+        truth["aesthetic"] += [a for a in stored if a is not None]
+    with open(f"{output}/_work/run.json", "w") as f:
+        json.dump(
+            {
+                "params": {"min_aesthetic": 5.0, "dataset": dataset},
+                "steps": {"annotate": [{"records": 30, "failures": 3, "seconds": 2.0}]},
+            },
+            f,
+        )
+    return dataset, output, truth
+
+
+def test_figures_match_the_data(run):
+    _, output, truth = run
+    data = gather(output, per_grid=4, extremes=3)
+    assert data.totals == {
+        "records": truth["records"],
+        "annotated": truth["records"],
+        "failures": truth["failures"],
+        "kept": truth["kept"],
+        "duplicates": 1,
+    }
+    hist = data.histograms["aesthetic_score"]
+    assert hist.total == len(truth["aesthetic"]) == 27
+    width = 10 / len(hist.counts)
+    expected = [0] * len(hist.counts)
+    for a in truth["aesthetic"]:
+        expected[int(a / width)] += 1
+    assert hist.counts == expected
+    assert data.thresholds == {"aesthetic_score": ("min", 5.0)}
+    ((dup, original),) = data.pairs
+    assert (dup.id, dup.shard, original.id, original.shard) == (
+        "000010002",
+        "00001",
+        "000000001",
+        "00000",
+    )
+    assert dup.thumbnail and original.thumbnail
+    assert all(s.kept for s in data.kept) and not any(s.kept for s in data.dropped)
+    assert len(data.kept) == 4 and len(data.dropped) == 4
+    lows = [s.scores["aesthetic_score"] for s in data.lowest]
+    assert lows == sorted(truth["aesthetic"])[:3]
+    assert [s.scores["aesthetic_score"] for s in data.highest] == sorted(
+        truth["aesthetic"], reverse=True
+    )[:3]
+    assert all(s.thumbnail and s.thumbnail.startswith("data:image/jpeg;base64,") for s in data.kept)
+
+
+def test_page_is_self_contained(run):
+    _, output, truth = run
+    result = write_report(output, per_grid=4)
+    page = Path(f"{output}/report.html").read_text(encoding="utf-8")
+    assert result["report"] == f"{output}/report.html" and result["kept"] == truth["kept"]
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    assert page.count('src="data:image/jpeg;base64,') >= 8
+    assert f"<b>{truth['kept']}</b>kept" in page
+    assert 'class="threshold"' in page and "min 5" in page
+    assert page.count('class="bar"') == 3 * 40
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path):
+    from airflow_curator.core.errors import CuratorError
+
+    with pytest.raises(CuratorError, match="no dataset manifest"):
+        gather(str(tmp_path))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="needs Debian's chromium")
+def test_renders_with_images_in_headless_chromium(run, tmp_path):
+    from PIL import Image
+
+    assert CHROMIUM, "CI installs chromium (scripts/test.sh)"
+    _, output, _ = run
+    write_report(output, per_grid=8)
+    page = f"{output}/report.html"
+    stripped = tmp_path / "no-images.html"
+    text = Path(page).read_text(encoding="utf-8")
+    stripped.write_text(re.sub(r'src="data:image/jpeg;base64,[^"]+"', 'src=""', text))
+
+    def shot(path, png):
+        subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1200,1400",
+                f"--screenshot={png}",
+                f"file://{path}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        with Image.open(png) as img:
+            return len(img.convert("RGB").getcolors(maxcolors=1 << 24))
+
+    with_images = shot(page, tmp_path / "report.png")
+    without = shot(stripped, tmp_path / "bare.png")
+    assert with_images > 2 * without and with_images > 2000
