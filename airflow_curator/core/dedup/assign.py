@@ -100,12 +100,11 @@ def assign_shards(
         raise CuratorError(f"{folder}: no NNNNN.parquet annotation files")
     progress = Progress("dedup-assign", len(files), logger=logger)
     per_shard = []
-    for number, url in files:
-        shard = ds.stem(number)
+    for number, shard, url in files:
         ids, x, aesthetic = read_annotations(url, shard, id_col, cent.dim)
         table, sizes = assign_table(number, ids, x, aesthetic, cent, device)
         meta = {"centroids": cent.digest, "parts": cent.parts.count, "source": url}
-        ds.write_parquet(ds.file_url(output, "assign", number), table, meta, sizes)
+        ds.write_parquet(ds.file_url(output, "assign", shard), table, meta, sizes)
         per_shard.append({"shard": shard, "records": len(x)})
         progress.update(items=len(x))
     return {

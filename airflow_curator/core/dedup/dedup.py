@@ -71,13 +71,12 @@ def rank_order(ids: Any, aesthetic: Any) -> Any:
     return np.lexsort((ids, neg))
 
 
-def read_part(files: list[tuple[int, str]], part: int, cent: Centroids) -> Any | None:
+def read_part(files: list[ds.ShardFile], part: int, cent: Centroids) -> Any | None:
     """The part's rows from every assign file (its row groups only), in shard order."""
     import pyarrow as pa
 
     tables = []
-    for number, url in files:
-        shard = ds.stem(number)
+    for _, shard, url in files:
         pf = ds.parquet_file(url, shard)
         meta = ds.file_meta(pf.schema_arrow)
         if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
@@ -135,11 +134,11 @@ def dups_table(rows: list[tuple]) -> Any:
     })  # fmt: skip
 
 
-def check_complete(shards: set[int], files: list[tuple[int, str]], what: str, step: str) -> None:
+def check_complete(shards: set[int], files: list[ds.ShardFile], what: str, step: str) -> None:
     """Every annotated shard must have its file: a missing one would pass as all unique."""
     if not files:
         raise CuratorError(f"no {what}: run {step} first")
-    missing = shards - {n for n, _ in files}
+    missing = shards - {f.number for f in files}
     if missing:
         spec = format_spec(missing)
         raise CuratorError(f"shards {spec} have no {what}: run {step} --shards {spec}")
@@ -166,7 +165,7 @@ def dedup_clusters(
     cent = load_centroids(output)
     parts = cent.parts.select(clusters)
     device = pick_device(device)
-    shards = {n for n, _ in ds.shard_files(annotations or layout.annotations_url(output))}
+    shards = {f.number for f in ds.shard_files(annotations or layout.annotations_url(output))}
     files = ds.shard_files(ds.folder_url(output, "assign"))
     check_complete(shards, files, "assignments", "dedup-assign")
     hash_files = ds.shard_files(ds.folder_url(output, "hash")) if exact != "off" else []
@@ -195,7 +194,7 @@ def dedup_clusters(
                 rows.append((hshard[r], hid[r], hid[k], 1.0, "exact", -1))
         meta = {"centroids": cent.digest, "parts": cent.parts.count, "eps": eps,
                 "exact": bool(hash_files)}  # fmt: skip
-        ds.write_parquet(ds.file_url(output, "dups", part), dups_table(rows), meta)
+        ds.write_parquet(ds.file_url(output, "dups", ds.part_name(part)), dups_table(rows), meta)
         totals["records"] += n
         totals["semantic"] += semantic
         totals["exact"] += len(rows) - semantic

@@ -122,7 +122,7 @@ def kmeans(x: Any, k: int, iterations: int = 20, seed: int = 0, device: str = "c
     return centroids
 
 
-def sample_embeddings(files: list[tuple[int, str]], size: int, seed: int) -> Any:
+def sample_embeddings(files: list[ds.ShardFile], size: int, seed: int) -> Any:
     """Up to ``size`` non-null embeddings, drawn evenly from a seeded random subset of the
     annotation files holding about ``OVERSAMPLE * size`` rows; one file in memory at a time."""
     import numpy as np
@@ -130,7 +130,7 @@ def sample_embeddings(files: list[tuple[int, str]], size: int, seed: int) -> Any
     import pyarrow.parquet as pq
 
     rows = {}
-    for number, url in files:
+    for number, _, url in files:
         fs, path = storage.arrow_fs(url)
         rows[number] = pq.read_metadata(path, filesystem=fs).num_rows
     rng = np.random.default_rng(seed)
@@ -138,14 +138,14 @@ def sample_embeddings(files: list[tuple[int, str]], size: int, seed: int) -> Any
     chosen, total = [], 0
     for i in order:
         chosen.append(files[i])
-        total += rows[files[i][0]]
+        total += rows[files[i].number]
         if total >= OVERSAMPLE * size:
             break
     chosen.sort()
     parts = []
     progress = Progress("dedup-fit sample", len(chosen), logger=logger)
-    for number, url in chosen:
-        table = ds.read_parquet(url, ds.stem(number), columns=[ds.EMBEDDING])
+    for number, shard, url in chosen:
+        table = ds.read_parquet(url, shard, columns=[ds.EMBEDDING])
         col = table.column(ds.EMBEDDING)
         col = col.filter(pc.is_valid(col))
         quota = min(len(col), math.ceil(size * rows[number] / max(total, 1)))
@@ -153,7 +153,7 @@ def sample_embeddings(files: list[tuple[int, str]], size: int, seed: int) -> Any
             pick = np.sort(
                 np.random.default_rng([seed, number]).choice(len(col), quota, replace=False)
             )
-            parts.append(ds.to_matrix(col.take(pick), ds.stem(number)))
+            parts.append(ds.to_matrix(col.take(pick), shard))
         progress.update(items=len(col))
     if not parts:
         raise CuratorError("no image embeddings to fit centroids to (all null or no annotations)")

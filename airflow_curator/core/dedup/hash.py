@@ -69,18 +69,18 @@ def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] |
     return ids, digests
 
 
-def aesthetic_of(annotations: str, number: int, id_col: str, ids: list[str]) -> Any:
-    """The records' aesthetic scores from their annotation file (NaN when absent)."""
+def aesthetic_of(annotations: str, shard: str, id_col: str, ids: list[str]) -> Any:
+    """The records' aesthetic scores from the shard's annotation file (NaN when absent)."""
     import numpy as np
 
     out = np.full(len(ids), np.nan, dtype=np.float32)
-    url = storage.join(annotations, f"{ds.stem(number)}.parquet")
+    url = storage.join(annotations, f"{shard}.parquet")
     if not storage.exists(url):
         return out
-    columns = ds.present(url, ds.stem(number), [id_col, ds.AESTHETIC])
+    columns = ds.present(url, shard, [id_col, ds.AESTHETIC])
     if len(columns) < 2:
         return out
-    table = ds.read_parquet(url, ds.stem(number), columns=columns)
+    table = ds.read_parquet(url, shard, columns=columns)
     score = dict(zip(table.column(id_col).to_pylist(), table.column(ds.AESTHETIC).to_pylist()))
     for i, rid in enumerate(ids):
         value = score.get(rid)
@@ -118,10 +118,10 @@ def hash_shards(
             "shard": pa.array([shard.id] * len(ids), pa.int32()),
             "id": pa.array(ids, pa.string()),
             "sha256": pa.array(digests, pa.binary(32)),
-            "aesthetic": pa.array(aesthetic_of(annotations, shard.id, id_col, ids), pa.float32(),
+            "aesthetic": pa.array(aesthetic_of(annotations, shard.stem, id_col, ids), pa.float32(),
                                   from_pandas=True),
         })  # fmt: skip
-        ds.write_parquet(ds.file_url(output, "hash", shard.id), table, {"source": used})
+        ds.write_parquet(ds.file_url(output, "hash", shard.stem), table, {"source": used})
         per_shard.append({"shard": shard.stem, "records": len(ids), "source": used})
         progress.update(items=len(ids), nbytes=shard.tar_bytes if used == "tar" else 0)
     return {
@@ -135,14 +135,14 @@ def hash_shards(
     }
 
 
-def read_part_hashes(files: list[tuple[int, str]], part: int, parts: ds.Parts) -> Any | None:
+def read_part_hashes(files: list[ds.ShardFile], part: int, parts: ds.Parts) -> Any | None:
     """Rows of the hash files whose sha256 falls in ``part`` (None when there are none)."""
     import numpy as np
     import pyarrow as pa
 
     tables = []
-    for number, url in files:
-        table = ds.read_parquet(url, ds.stem(number))
+    for _, shard, url in files:
+        table = ds.read_parquet(url, shard)
         if not table.num_rows:
             continue
         raw = b"".join(table.column("sha256").to_pylist())

@@ -34,10 +34,11 @@ def read_removed(
     settings: set[tuple] = set()
     missing = []
     for part in range(cent.parts.count):
-        url = ds.file_url(output, "dups", part)
+        name = ds.part_name(part)
+        url = ds.file_url(output, "dups", name)
         pf = None
         try:
-            pf = ds.parquet_file(url, f"dups {part:05d}")
+            pf = ds.parquet_file(url, f"dups {name}")
         except ShardError:
             missing.append(part)
             continue
@@ -45,7 +46,7 @@ def read_removed(
         if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
             raise CuratorError(f"{url} was made with other centroids: rerun dedup")
         settings.add((meta.get("eps"), meta.get("exact")))
-        table = ds.read_parquet(url, f"dups {part:05d}", filters=[("shard", "in", sorted(wanted))])
+        table = ds.read_parquet(url, f"dups {name}", filters=[("shard", "in", sorted(wanted))])
         for shard, rid, dup_of, sim, kind in zip(
             *(
                 table.column(c).to_pylist()
@@ -80,12 +81,11 @@ def write_results(
     files = ds.shard_files(annotations or layout.annotations_url(output), shards, "annotations")
     if not files:
         raise CuratorError(f"{annotations or layout.annotations_url(output)}: no annotation files")
-    removed, settings = read_removed(output, {n for n, _ in files})
+    removed, settings = read_removed(output, {f.number for f in files})
     progress = Progress("dedup-result", len(files), logger=logger)
     per_shard, examples = [], []
     kinds = {"semantic": 0, "exact": 0}
-    for number, url in files:
-        shard = ds.stem(number)
+    for number, shard, url in files:
         table = ds.read_parquet(url, shard, columns=[id_col])
         ids = [str(i) for i in table.column(id_col).to_pylist()]
         marks = removed[number]
@@ -99,7 +99,7 @@ def write_results(
             column: pa.array([d is None for d in dup_of], pa.bool_()),
             "duplicate_of": pa.array(dup_of, pa.string()),
         })  # fmt: skip
-        ds.write_parquet(ds.file_url(output, "result", number), out)
+        ds.write_parquet(ds.file_url(output, "result", shard), out)
         for rid in sorted(marks):
             kinds[marks[rid][2]] += 1
             if len(examples) < EXAMPLES:

@@ -21,7 +21,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.io import storage
@@ -46,35 +46,45 @@ def folder_url(output: str, kind: str) -> str:
     return storage.join(dedup_url(output), kind)
 
 
-def file_url(output: str, kind: str, number: int) -> str:
-    return storage.join(folder_url(output, kind), f"{number:05d}.parquet")
+def file_url(output: str, kind: str, name: str) -> str:
+    """``kind/<name>.parquet``: ``name`` is the input shard's own stem (any width, as discovery
+    found it) for per-shard files, a part's ``part_name`` for ``dups``."""
+    return storage.join(folder_url(output, kind), f"{name}.parquet")
 
 
-def shard_files(folder: str, spec: str | None = None, what: str = "files") -> list[tuple[int, str]]:
-    """``(shard number, url)`` of the ``NNNNN.parquet`` files of a folder, by number; a
-    selection naming a shard that has no file is an error."""
+def part_name(part: int) -> str:
+    return f"{part:05d}"
+
+
+class ShardFile(NamedTuple):
+    """A per-shard work file: the shard's number, its stem as named (``000042``) and URL."""
+
+    number: int
+    stem: str
+    url: str
+
+
+def shard_files(folder: str, spec: str | None = None, what: str = "files") -> list[ShardFile]:
+    """The ``<stem>.parquet`` files of a folder, by shard number; a selection naming a shard
+    that has no file is an error."""
     if not storage.exists(folder):
         if spec is None:
             return []
         raise CuratorError(f"{folder} does not exist (no {what})")
-    found: dict[int, str] = {}
+    found: dict[int, ShardFile] = {}
     for entry in storage.list_files(folder):
         if entry.name.startswith((".", "_")) or not entry.name.endswith(".parquet"):
             continue
         number = shard_id(entry.name)
         if number is not None:
-            found[number] = entry.url
+            found[number] = ShardFile(number, entry.name[: -len(".parquet")], entry.url)
     wanted = parse_spec(spec)
     if wanted is None:
-        return sorted(found.items())
+        return [found[n] for n in sorted(found)]
     missing = wanted - set(found)
     if missing:
         raise CuratorError(f"{folder}: no {what} for shards {format_spec(missing)}")
-    return sorted((n, found[n]) for n in wanted)
-
-
-def stem(number: int) -> str:
-    return f"{number:05d}"
+    return [found[n] for n in sorted(wanted)]
 
 
 def read_parquet(url: str, shard: str, columns: list[str] | None = None, **kw: Any) -> Any:
@@ -203,7 +213,7 @@ class Parts:
             r = self.clusters(p)
             out.append({
                 "clusters": f"{r.start}-{r.stop - 1}" if len(r) > 1 else str(r.start),
-                "label": f"{r.start:05d}-{r.stop - 1:05d}",
+                "label": f"{part_name(r.start)}-{part_name(r.stop - 1)}",
                 "count": len(r),
             })  # fmt: skip
         return out
