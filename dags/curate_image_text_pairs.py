@@ -135,6 +135,13 @@ with DAG(
         "min_clip_score": Param(
             None, type=["null", "number"], minimum=-1, maximum=1, description="Keep if >= (cosine)"
         ),
+        "require": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            description="Boolean columns of the input metadata that must also be true to pass "
+            "(your own labels, an earlier pass); one per line",
+        ),
         "filter_column": Param(
             "passes_curation",
             type="string",
@@ -235,6 +242,7 @@ with DAG(
         task_id="save_metadata",
         map_index_template=SHARDS_LABEL,
         dedup=dedup_on,
+        require=_param("require"),
         trigger_rule="none_failed",  # runs when the dedup stage was skipped
         options={
             name: _param(name)

@@ -53,26 +53,35 @@ class SaveMetadataOperator(CuratorOperator):
     Writes to ``<output>/_work/metadata`` so the input dataset is never modified; pass
     ``options={"path": None}`` to replace the dataset's own Parquet instead. With ``dedup``
     (templated, e.g. ``{{ params.dedup }}``) the dedup stage's ``is_unique`` column is merged too
-    and required to pass."""
+    and required to pass. ``require`` (templated) lists boolean columns of the input metadata
+    that must be true as well (a list, or comma-separated text)."""
 
     step = "save-metadata"
-    template_fields = (*CuratorOperator.template_fields, "dedup")
+    template_fields = (*CuratorOperator.template_fields, "dedup", "require")
 
-    def __init__(self, *, dedup: bool | str = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *, dedup: bool | str = False, require: list[str] | str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.dedup = dedup
+        self.require = require
 
     def layout_options(self) -> dict[str, Any]:
         if not self.output_uri:
             return {"dataset": self.dataset}
         dedup = str(self.dedup).strip().lower() in ("true", "1", "yes", "on")
         annotations = [layout.annotations_url(self.output_uri)]
+        require = self.require or []
+        if isinstance(require, str):
+            require = [c.strip() for c in require.split(",")]
+        require = [c for c in require if c]
         if dedup:
             annotations.append(layout.dedup_result_url(self.output_uri))
+            require.append("is_unique")
         return {
             "dataset": self.dataset,
             "annotations": annotations,
-            "require": ["is_unique"] if dedup else None,
+            "require": require or None,
             "path": layout.metadata_url(self.output_uri),
         }
 

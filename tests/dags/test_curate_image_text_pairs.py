@@ -30,6 +30,7 @@ CLI_PARAMS = {
     "min_aesthetic",
     "max_nsfw",
     "min_clip_score",
+    "require",
     "filter_column",
     "samples_per_shard",
     "gpus",
@@ -201,11 +202,13 @@ def test_params_validate_form_input():
         ("max_nsfw", 1.5),
         ("samples_per_shard", 0),
         ("filter_column", "drop table"),
+        ("require", ["drop table"]),
     ):
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)
     assert params.get_param("min_clip_score").resolve(None) is None
     assert params.get_param("gpus").resolve(2) == 2
+    assert params.get_param("require").resolve(["labelled"]) == ["labelled"]
 
 
 def test_every_task_renders_a_valid_pod_in_kubernetes_mode():

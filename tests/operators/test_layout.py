@@ -46,6 +46,12 @@ def test_operators_pass_the_layout_paths():
     opts = merge.step_options()
     assert opts["annotations"] == [layout.annotations_url("/out"), layout.dedup_result_url("/out")]
     assert opts["path"] == layout.metadata_url("/out") and opts["require"] == ["is_unique"]
+    mine = SaveMetadataOperator(
+        task_id="m", dataset="/in", output_uri="/out", dedup="true", require=["labelled", ""]
+    )
+    assert mine.step_options()["require"] == ["labelled", "is_unique"]
+    text = SaveMetadataOperator(task_id="m", dataset="/in", output_uri="/out", require="a, b")
+    assert text.step_options()["require"] == ["a", "b"]
     plan = PlanReshardOperator(task_id="p", dataset="/in", output_uri="/out").step_options()
     assert plan["metadata"] == layout.metadata_url("/out")
 

@@ -10,6 +10,7 @@ so a rerun writes the same bytes, and replaced in place by rename when no ``path
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from airflow_curator.core.progress import Progress
 logger = logging.getLogger(__name__)
 
 ERROR_COLUMN = "error"
+META_KEY = b"airflow_curator.save_metadata"  # the filter column save-metadata wrote, and how
+INPUT_SUFFIX = "_input"  # the input's own filter column, kept beside the one written
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,14 @@ class Thresholds:
 
     def any(self) -> bool:
         return bool(self.rules() or self.require)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "min_aesthetic": self.min_aesthetic,
+            "max_nsfw": self.max_nsfw,
+            "min_clip_score": self.min_clip_score,
+            "require": list(self.require),
+        }
 
     def mask(self, table: Any, shard: str) -> Any:
         """Boolean array: null scores and records with an error never pass."""
@@ -72,10 +83,12 @@ class Thresholds:
 
 
 def parquet_bytes(table: Any) -> bytes:
-    """Deterministic, compressed Parquet: explicit schema without metadata, one row group."""
+    """Deterministic, compressed Parquet: explicit schema, one row group, no schema metadata
+    but save-metadata's marker of its filter column."""
     import pyarrow.parquet as pq
 
-    table = table.replace_schema_metadata(None).combine_chunks()
+    meta = (table.schema.metadata or {}).get(META_KEY)
+    table = table.replace_schema_metadata({META_KEY: meta} if meta else None).combine_chunks()
     buf = io.BytesIO()
     pq.write_table(
         table, buf, compression="zstd", row_group_size=max(table.num_rows, 1),
@@ -110,6 +123,12 @@ def join_annotations(base: Any, annotations: Any, id_col: str, shard: str) -> An
     return out
 
 
+def filter_marker(schema: Any) -> dict[str, Any]:
+    """What save-metadata recorded about the filter column it wrote into this Parquet."""
+    raw = (schema.metadata or {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
 def merge_shard(
     base: Any,
     annotations: Any | list[Any] | None,
@@ -120,7 +139,13 @@ def merge_shard(
     thresholds: Thresholds = Thresholds(),
     filter_column: str = "passes_curation",
 ) -> Any:
-    """The shard's merged metadata table: join, filter column, column subset."""
+    """The shard's merged metadata table: join, filter column, column subset.
+
+    A filter column the input already has and that save-metadata did not write (the user's own
+    labels) is never replaced: it is kept as ``<filter_column>_input`` and ANDed with the
+    thresholds. One that save-metadata wrote (marked in the Parquet's metadata) is recomputed,
+    so a pass with looser thresholds does not inherit an earlier pass's cuts. The table's
+    schema metadata says what was done (``filter_marker``)."""
     if id_col not in base.column_names:
         raise ShardError(shard, f"metadata has no id column {id_col!r}")
     sources = (
@@ -134,11 +159,38 @@ def merge_shard(
     for ann in sources:  # e.g. the model scores, then the dedup result
         table = join_annotations(table, ann, id_col, shard)
     with_filter = bool(sources) or thresholds.any()
+    earlier = filter_marker(base.schema)
+    # no new filter: the column an earlier pass wrote stays marked as save-metadata's
+    marker: dict[str, Any] = earlier if earlier.get("column") in table.column_names else {}
     if with_filter:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         mask = thresholds.mask(table, shard)
+        own = earlier.get("column") == filter_column
+        input_column = earlier.get("input_column") if own else None
+        if not own and filter_column in table.column_names:
+            input_column = f"{filter_column}{INPUT_SUFFIX}"
+            if input_column in table.column_names:
+                raise ValueError(
+                    f"shard {shard}: the metadata has its own {filter_column!r} and already "
+                    f"a {input_column!r}: choose another --filter-column"
+                )
+            table = table.append_column(input_column, table.column(filter_column))
+        if input_column is not None:
+            values = table.column(input_column)
+            if not pa.types.is_boolean(values.type):
+                raise ValueError(
+                    f"shard {shard}: the metadata's own column {filter_column!r} is "
+                    f"{values.type}, not bool: choose another --filter-column"
+                )
+            mask = pc.and_(mask, pc.fill_null(values, False))
         if filter_column in table.column_names:
             table = table.drop_columns([filter_column])
         table = table.append_column(filter_column, mask)
+        marker = {"column": filter_column, "thresholds": thresholds.as_dict()}
+        if input_column is not None:
+            marker["input_column"] = input_column
     if columns is not None:
         unknown = [c for c in columns if c not in table.column_names]
         if unknown:
@@ -147,10 +199,14 @@ def merge_shard(
                 f"(columns: {', '.join(table.column_names)})"
             )
         keep = [id_col] + [c for c in columns if c != id_col]
-        if with_filter and filter_column not in keep:
-            keep.append(filter_column)
+        for c in (filter_column, marker.get("input_column")) if with_filter else ():
+            if c is not None and c not in keep:
+                keep.append(c)
         table = table.select(keep)
-    return table
+        if marker.get("column") not in keep:
+            marker = {}
+    meta = {META_KEY: json.dumps(marker, sort_keys=True).encode()} if marker else None
+    return table.replace_schema_metadata(meta)
 
 
 def save_metadata(
@@ -205,6 +261,7 @@ def save_metadata(
             "records": table.num_rows,
             "passed": passed,
             "columns": table.column_names,
+            "input_column": filter_marker(table.schema).get("input_column"),
         }
 
     progress = Progress("save-metadata", len(selected), logger=logger)
@@ -214,6 +271,12 @@ def save_metadata(
             results.append(r)
             progress.update(items=r["records"])
     passed = [r["passed"] for r in results if r["passed"] is not None]
+    anded = sorted(r["shard"] for r in results if r["input_column"])
+    if anded:
+        logger.info(
+            "%d shards have their own %r: kept as %r and ANDed with the thresholds",
+            len(anded), filter_column, filter_column + INPUT_SUFFIX,
+        )  # fmt: skip
     return {
         "dataset": dataset,
         "path": path or dataset,
@@ -221,6 +284,10 @@ def save_metadata(
         "records": sum(r["records"] for r in results),
         "filter_column": filter_column if passed else None,
         "passed": sum(passed) if passed else None,
+        # shards whose metadata brought its own filter column, ANDed with the thresholds
+        "input_filter": {"column": filter_column + INPUT_SUFFIX, "shards": len(anded)}
+        if anded
+        else None,
         "columns": results[0]["columns"] if results else [],
         "seconds": round(time.perf_counter() - t0, 3),
         "per_shard": [

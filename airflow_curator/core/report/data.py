@@ -18,9 +18,11 @@ from typing import Any
 from airflow_curator.core import layout
 from airflow_curator.core.dataset.discovery import Manifest, load_manifest
 from airflow_curator.core.dataset.metadata import read_table
+from airflow_curator.core.dataset.save_metadata import INPUT_SUFFIX, filter_marker
 from airflow_curator.core.errors import CuratorError
 from airflow_curator.core.io import storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.reshard.plan import FAILED_DOWNLOAD, load_plan
 from airflow_curator.core.wds.records import IMAGE_EXTS
 from airflow_curator.core.wds.tarsource import IndexLocations, scan_locations
 
@@ -100,6 +102,9 @@ class ReportData:
     pairs: list[tuple[Sample, Sample | None]]
     output_manifest: dict[str, Any] | None
     input_manifest: dict[str, Any] | None
+    # what the counts alone do not say: e.g. kept rows that could not be written, or a filter
+    # column the input brought that save-metadata ANDed with the thresholds
+    notes: list[str] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, int | None]:
@@ -171,6 +176,7 @@ def gather(
     high: list[tuple[float, str, Sample]] = []
     hists = {c: Histogram(*SCORES[c][1]) for c in SCORES}
     rows: list[ShardRow] = []
+    input_filters = 0
     progress = Progress("report", len(man.shards), logger=logger)
     for shard in man.shards:
         url = storage.join(metadata, f"{shard.stem}.parquet")
@@ -179,6 +185,7 @@ def gather(
             progress.update()
             continue
         table = read_table(url, shard.stem)
+        input_filters += bool(filter_marker(table.schema).get("input_column"))
         names = set(table.column_names)
         wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
         cols = {c: table.column(c).to_pylist() for c in wanted if c in names}
@@ -229,7 +236,19 @@ def gather(
     pairs = [(d, originals.get(d.duplicate_of or "")) for d in duplicates]
     picked = kept.items + dropped.items + lowest + highest + duplicates + list(originals.values())
     _thumbnails(man, picked)
+    notes = []
+    if input_filters:
+        notes.append(
+            f"{input_filters} shards brought their own {filter_column!r} column: kept as "
+            f"{filter_column + INPUT_SUFFIX!r} and ANDed with the thresholds"
+        )
+    plan_url = layout.plan_url(output)
+    if storage.exists(plan_url):
+        failed = sum(i.failed for i in load_plan(plan_url).inputs)
+        if failed:
+            notes.append(f"{failed} kept records not written: {FAILED_DOWNLOAD}")
     return ReportData(
+        notes=notes,
         output=output,
         dataset=man.dataset,
         params=params,

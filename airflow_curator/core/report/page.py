@@ -193,6 +193,7 @@ def render(data: ReportData) -> str:
 <h1>Curation report</h1>
 <div class="muted">{_e(data.dataset)} → {_e(data.output)}</div>
 <div>{"".join(f'<span class="kpi"><b>{_e(v)}</b>{_e(k)}</span>' for k, v in kpis)}</div>
+{"".join(f'<p class="note">{_e(n)}</p>' for n in data.notes)}
 <h2>Scores</h2><div class="charts">{charts}</div>
 <h2>Records</h2>
 {_grid("Random kept records", data.kept)}
@@ -224,4 +225,5 @@ def write_report(output: str, report_url: str | None = None, **options: Any) -> 
         "bytes": len(page),
         **data.totals,
         "output_records": (data.output_manifest or {}).get("records"),
+        "notes": data.notes,
     }

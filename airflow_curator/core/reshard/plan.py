@@ -25,7 +25,7 @@ from airflow_curator.core.dataset.discovery import (
     discover,
     make_groups,
 )
-from airflow_curator.core.dataset.metadata import check_ids
+from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_ids
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.io import storage
 from airflow_curator.core.layout import SUCCESS, plan_url
@@ -33,6 +33,8 @@ from airflow_curator.core.wds.naming import offset_digits, shard_name
 from airflow_curator.core.wds.shardspec import format_spec
 
 logger = logging.getLogger(__name__)
+
+FAILED_DOWNLOAD = "failed download"  # why a kept row is not written, in results and the report
 
 
 @dataclass
@@ -45,6 +47,7 @@ class InputShard:
     rows: int
     kept: int
     digest: str  # sha256 of the kept ids, one per line
+    failed: int = 0  # rows the filter keeps that img2dataset marks failed: nothing to write
 
 
 @dataclass
@@ -109,8 +112,10 @@ def load_plan(url: str) -> Plan:
         raise CuratorError(f"reshard plan {url} does not exist (run plan-reshard first)") from None
 
 
-def read_parquet(url: str, shard: str, columns: list[str] | None = None) -> tuple[Any, Any]:
-    """(Arrow schema, table of ``columns``) of one Parquet."""
+def read_parquet(
+    url: str, shard: str, columns: list[str] | None = None, optional: list[str] = ()
+) -> tuple[Any, Any]:
+    """(Arrow schema, table of ``columns`` and those of ``optional`` it has) of one Parquet."""
     import pyarrow.parquet as pq
 
     fs, path = storage.arrow_fs(url)
@@ -120,6 +125,8 @@ def read_parquet(url: str, shard: str, columns: list[str] | None = None) -> tupl
         missing = [c for c in columns or () if c not in schema.names]
         if missing:
             raise ShardError(shard, f"{url} has no column {missing[0]!r}")
+        if columns is not None:
+            columns = columns + [c for c in optional if c in schema.names]
         return schema, pf.read(columns=columns)
     except FileNotFoundError:
         raise ShardError(shard, f"metadata {url} does not exist") from None
@@ -129,8 +136,10 @@ def read_parquet(url: str, shard: str, columns: list[str] | None = None) -> tupl
         raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
 
 
-def kept_rows(table: Any, filter_column: str, shard: str) -> list[int]:
-    """Row numbers whose filter column is True (null counts as False)."""
+def kept_rows(table: Any, filter_column: str, shard: str) -> tuple[list[int], int]:
+    """Row numbers whose filter column is True (null counts as False), and how many more the
+    filter keeps that can never be written: img2dataset's failed downloads (a ``status`` other
+    than ``success``), which have no members in the tar."""
     import pyarrow as pa
 
     if filter_column not in table.column_names:
@@ -140,7 +149,12 @@ def kept_rows(table: Any, filter_column: str, shard: str) -> list[int]:
         raise ShardError(
             shard, f"filter column {filter_column!r} is {column.type}, not a boolean column"
         )
-    return [i for i, v in enumerate(column.to_pylist()) if v]
+    kept = [i for i, v in enumerate(column.to_pylist()) if v]
+    if STATUS_COL not in table.column_names:
+        return kept, 0
+    status = table.column(STATUS_COL).to_pylist()
+    written = [i for i in kept if status[i] is None or status[i] == OK_STATUS]
+    return written, len(kept) - len(written)
 
 
 def ids_digest(ids: list[str]) -> str:
@@ -158,9 +172,9 @@ def _check_apart(dataset: str, output: str) -> None:
 
 
 def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> tuple[Any, ...]:
-    schema, table = read_parquet(meta_url, shard.stem, [id_col, filter_column])
+    schema, table = read_parquet(meta_url, shard.stem, [id_col, filter_column], [STATUS_COL])
     ids = check_ids(table.column(id_col).to_pylist(), shard.stem, meta_url)
-    rows = kept_rows(table, filter_column, shard.stem)
+    rows, failed = kept_rows(table, filter_column, shard.stem)
     return schema, InputShard(
         shard.stem,
         shard.tar,
@@ -170,6 +184,7 @@ def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) ->
         len(ids),
         len(rows),
         ids_digest([ids[r] for r in rows]),
+        failed,
     )
 
 
@@ -308,7 +323,10 @@ def plan_reshard(
         storage.write_bytes(url, text)
     kept = plan.records
     total = sum(i.rows for i in plan.inputs)
+    failed = sum(i.failed for i in plan.inputs)
     message = f"{kept} of {total} records kept -> {len(plan.outputs)} output shards"
+    if failed:
+        message += f"; {failed} more kept rows not written: failed download (no image in the tar)"
     if kept == 0:
         message = f"no record of {total} has {filter_column!r} true: the output will be empty"
         logger.warning("%s", message)
@@ -322,6 +340,7 @@ def plan_reshard(
         "input_records": total,
         "input_shards": len(plan.inputs),
         "output_shards": len(plan.outputs),
+        "not_written": {FAILED_DOWNLOAD: failed} if failed else {},
         "empty_inputs": [i.stem for i in plan.inputs if i.kept == 0],
         "groups": groups,
         "message": message,

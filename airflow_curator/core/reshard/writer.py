@@ -100,7 +100,7 @@ class InputCache:
         plan = self.plan
         table = read_parquet(inp.metadata, inp.stem)[1]
         ids = check_ids(table.column(plan.id_col).to_pylist(), inp.stem, inp.metadata)
-        rows = kept_rows(table, plan.filter_column, inp.stem)
+        rows, _ = kept_rows(table, plan.filter_column, inp.stem)
         if len(rows) != inp.kept or ids_digest([ids[r] for r in rows]) != inp.digest:
             raise ShardError(
                 inp.stem,
@@ -457,5 +457,6 @@ def reshard_dataset(
         "input_records": planned["input_records"],
         "written": written["written"],
         "skipped": written["skipped"],
+        "not_written": planned["not_written"],
         "message": planned["message"],
     }

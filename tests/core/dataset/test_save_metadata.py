@@ -211,3 +211,67 @@ def test_merging_a_result_without_error_column_or_thresholds(tmp_path):
     )
     result = save_metadata(str(tmp_path / "in"), annotations=str(tmp_path / "dedup"))
     assert result["passed"] == 3  # no thresholds and no errors: every record passes
+
+
+def _with_own_column(path: str, values_by_shard: dict[str, list]) -> None:
+    """Give the dataset's Parquet a boolean column of the user's own, named like the filter."""
+    for stem, values in values_by_shard.items():
+        target = os.path.join(path, f"{stem}.parquet")
+        table = pq.read_table(target)
+        pq.write_table(table.append_column("passes_curation", pa.array(values, pa.bool_())), target)
+
+
+def test_a_filter_column_the_input_brings_is_anded_never_replaced(dataset, tmp_path):
+    path, ids = dataset
+    ann = str(tmp_path / "ann")
+    scores = write_annotations(ann, path)
+    mine = [i % 3 != 0 for i in range(8)]
+    _with_own_column(path, {"00000": mine})  # shard 00001 has none of its own
+    out = str(tmp_path / "meta")
+    result = save_metadata(path, annotations=ann, path=out, thresholds=Thresholds(min_aesthetic=4))
+    first = pq.read_table(os.path.join(out, "00000.parquet"))
+    by_threshold = [scores[i][0] >= 4 for i in ids[:8]]
+    assert first["passes_curation"].to_pylist() == [a and b for a, b in zip(mine, by_threshold)]
+    assert first["passes_curation_input"].to_pylist() == mine  # the user's labels, kept
+    second = pq.read_table(os.path.join(out, "00001.parquet"))
+    assert "passes_curation_input" not in second.column_names
+    assert second["passes_curation"].to_pylist() == [scores[i][0] >= 4 for i in ids[8:]]
+    assert result["input_filter"] == {"column": "passes_curation_input", "shards": 1}
+    assert result["passed"] == sum(first["passes_curation"].to_pylist()) + sum(
+        second["passes_curation"].to_pylist()
+    )
+
+
+def test_a_column_save_metadata_wrote_is_recomputed_not_inherited(dataset, tmp_path):
+    """In place, twice: the looser second pass does not keep the first pass's cuts, and the
+    user's own labels survive both passes."""
+    path, ids = dataset
+    ann = str(tmp_path / "ann")
+    scores = write_annotations(ann, path)
+    mine = [i % 2 == 0 for i in range(8)]
+    _with_own_column(path, {"00000": mine})
+    save_metadata(path, annotations=ann, thresholds=Thresholds(min_aesthetic=6))
+    strict = pq.read_table(os.path.join(path, "00000.parquet"))
+    assert strict["passes_curation"].to_pylist() == [
+        m and scores[i][0] >= 6 for m, i in zip(mine, ids[:8])
+    ]
+    result = save_metadata(path, annotations=ann, thresholds=Thresholds(min_aesthetic=3.5))
+    loose = pq.read_table(os.path.join(path, "00000.parquet"))
+    assert loose["passes_curation"].to_pylist() == [
+        m and scores[i][0] >= 3.5 for m, i in zip(mine, ids[:8])
+    ]
+    assert loose["passes_curation_input"].to_pylist() == mine
+    other = pq.read_table(os.path.join(path, "00001.parquet"))  # no labels of its own
+    assert other["passes_curation"].to_pylist() == [scores[i][0] >= 3.5 for i in ids[8:]]
+    assert result["input_filter"] == {"column": "passes_curation_input", "shards": 1}
+
+
+def test_an_own_filter_column_that_is_not_boolean_is_refused(dataset, tmp_path):
+    path, _ = dataset
+    ann = str(tmp_path / "ann")
+    write_annotations(ann, path)
+    target = os.path.join(path, "00000.parquet")
+    table = pq.read_table(target)
+    pq.write_table(table.append_column("passes_curation", pa.array(range(8))), target)
+    with pytest.raises(ValueError, match="own column 'passes_curation' is int64, not bool"):
+        save_metadata(path, annotations=ann, path=str(tmp_path / "o"), workers=1)
