@@ -25,7 +25,7 @@ from airflow_curator.core.annotate.annotator import (
     annotate_dataset,
     annotations_url,
 )
-from airflow_curator.core.io import storage
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.dataset import ImageTextPairDataset
 
 logger = logging.getLogger(__name__)
@@ -148,15 +148,14 @@ class AnnotatedDataset:
     def annotations(self) -> Any:
         """All shards' annotation rows as one pyarrow Table."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if self._result is None:
             self.annotate()
         folder = annotations_url(self.output_url)
         tables = []
         for shard in self.dataset.manifest.shards:
-            fs, path = storage.fs_and_path(storage.join(folder, f"{shard.stem}.parquet"))
-            tables.append(pq.read_table(path, filesystem=fs).replace_schema_metadata(None))
+            url = storage.join(folder, f"{shard.stem}.parquet")
+            tables.append(parquet.read_table(url, shard.stem).replace_schema_metadata(None))
         return pa.concat_tables(tables)
 
     @property

@@ -40,11 +40,12 @@ class ImageTextPairDataset:
         if self._metadata is None:
             import pyarrow as pa
 
-            from airflow_curator.core.dataset.metadata import read_table
+            from airflow_curator.core.io import parquet
 
             tables = []
             for s in self.manifest.shards:
-                t = read_table(s.parquet, s.stem)  # type: ignore[arg-type]
+                assert s.parquet is not None  # discovery pairs every shard with its Parquet
+                t = parquet.read_table(s.parquet, s.stem, size=s.parquet_bytes)
                 tables.append(t.append_column("_shard", pa.array([s.stem] * t.num_rows)))
             self._metadata = pa.concat_tables(tables, promote_options="default") if tables else None
         return self._metadata

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_curator.core.errors import UsageError
 from airflow_curator.runtime.registry import step_parser
 
 PROGRAM = "airflow-curator"
@@ -24,7 +25,7 @@ def build_argv(step: str, options: Mapping[str, Any], result_json: str | None = 
     for name, value in options.items():
         dest = name.replace("-", "_")
         if dest not in actions:
-            raise ValueError(f"step {step!r} has no option {name!r}")
+            raise UsageError(f"step {step!r} has no option {name!r}")
         action = actions[dest]
         flag = action.option_strings[-1]
         if value is None:

@@ -1,4 +1,9 @@
-"""Entry point of ``airflow-curator``: parse, run one step, write its JSON result, exit 0/1/2."""
+"""Entry point of ``airflow-curator``: parse, run one step, write its JSON result, exit.
+
+Exit codes are the contract of ``core.errors``: 0 done, 1 the data is at fault, 2 the request
+is wrong (argparse's own errors too), 75 storage unavailable (retried), 70 a bug (traceback
+logged, retried). Failures end with one line, ``airflow-curator <step>: error: <reason>``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.errors import BUG_EXIT, CuratorError
 from airflow_curator.core.io import storage
 from airflow_curator.runtime.registry import STEPS, build_parser, step_module
 
@@ -38,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         write_result(result, args.result_json)
     except CuratorError as e:
         print(f"airflow-curator {args.step}: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        print(f"airflow-curator {args.step}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
+    except Exception as e:  # a bug: the traceback is what a maintainer needs
+        logger.exception("airflow-curator %s failed", args.step)
+        print(f"airflow-curator {args.step}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return BUG_EXIT
     return 0
 
 

@@ -64,7 +64,7 @@ def test_annotate_two_shards_then_rerun(tmp_path, tiny):
     assert json.loads(result.read_text())["skipped"] == 2
 
 
-def test_wrong_checksum_exits_1_with_one_line(tmp_path, tiny, capsys):
+def test_wrong_checksum_exits_2_with_one_line(tmp_path, tiny, capsys):
     dataset = tmp_path / "dataset"
     write_awkward_shard(dataset, 0)
     argv = build_argv(
@@ -72,7 +72,7 @@ def test_wrong_checksum_exits_1_with_one_line(tmp_path, tiny, capsys):
         options(tiny, dataset, tmp_path / "out", **{"weights-sha256": "ab" * 32}),
         str(tmp_path / "r.json"),
     )
-    assert main(argv) == 1
+    assert main(argv) == 2  # weights that do not match their pin: the request is wrong
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("airflow-curator annotate: error: weights ") and "refusing" in err
     assert not (tmp_path / "r.json").exists()

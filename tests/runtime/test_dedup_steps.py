@@ -82,7 +82,7 @@ def test_dedup_errors_are_one_line(tmp_path):
         [sys.executable, "-m", "airflow_curator.runtime.cli", "dedup", "--output", str(tmp_path)],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # run the steps in order: the request is wrong
     assert proc.stderr.strip().splitlines() == [
         f"airflow-curator dedup: error: {tmp_path}/_work/dedup/centroids.parquet does not exist: "
         "run dedup-fit first"

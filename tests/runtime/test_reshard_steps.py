@@ -124,10 +124,11 @@ def test_errors_are_one_line_with_exit_codes(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "airflow-curator plan-reshard: error: shard 00000: "
-        f"{os.path.join(src, '00000.parquet')} has no column 'passes_curation'"
+        f"{os.path.join(src, '00000.parquet')} has no column 'passes_curation' "
+        "(columns: key, caption, url, width, height)"
     )
     proc = cli("reshard", "--plan", str(tmp_path / "nope.json"))
-    assert proc.returncode == 1 and "run plan-reshard first" in proc.stderr
+    assert proc.returncode == 2 and "run plan-reshard first" in proc.stderr
     proc = cli("save-metadata", "--dataset", src, "--annotations", str(tmp_path / "none"))
     assert proc.returncode == 1 and "shard 00000: annotations" in proc.stderr
     proc = cli("plan-reshard", "--dataset", src, "--output", src)

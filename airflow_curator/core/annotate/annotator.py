@@ -11,7 +11,6 @@ was made from the same inputs is skipped unless ``force``.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -27,8 +26,9 @@ from airflow_curator.core.annotate.heads import DEFAULTS, Head
 from airflow_curator.core.annotate.weights import WeightsFile, resolve
 from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import check_json_id, compare_ids, read_shard_ids
-from airflow_curator.core.errors import CuratorError
-from airflow_curator.core.io import storage
+from airflow_curator.core.device import pick_device
+from airflow_curator.core.errors import DataError, UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import annotations_url
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.wds.index import index_text
@@ -97,18 +97,6 @@ class Outcome:
         return d
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CuratorError("--device cuda: no CUDA GPU is visible to this process")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, not {device!r}")
-    return device
-
-
 def scan_shard(tar: str, shard: str, id_col: str, size: int | None = None) -> list[ScannedRecord]:
     """Records in tar order with their caption and, for unusable images, the reason."""
     out: list[ScannedRecord] = []
@@ -140,7 +128,7 @@ class Annotator:
                 continue
             uri = uri or DEFAULTS[kind]
             if uri is None:
-                raise CuratorError(
+                raise UsageError(
                     f"no pinned default {kind} weights: pass --{kind}-weights PATH|URL "
                     f"(PyTorch state dict) or --{kind}-weights none"
                 )
@@ -203,16 +191,16 @@ class Annotator:
         return self._clip
 
     def is_done(self, shard: Shard, url: str) -> bool:
-        import pyarrow.parquet as pq
-
         if self.weights is None or not storage.exists(url):  # random weights: never reuse
             return False
-        fs, path = storage.arrow_fs(url)
         try:
-            meta = pq.read_schema(path, filesystem=fs).metadata or {}
-        except Exception:  # unreadable: annotate again, the write replaces it atomically
+            meta = parquet.read_schema(url, shard.stem).metadata or {}
+        except DataError:  # unreadable: annotate again, the write replaces it atomically
             return False
-        return meta.get(META_KEY) == json.dumps(self.inputs(shard), sort_keys=True).encode()
+        return meta.get(META_KEY) == self._fingerprint(shard)
+
+    def _fingerprint(self, shard: Shard) -> bytes:
+        return json.dumps(self.inputs(shard), sort_keys=True).encode()
 
     def annotate_shard(self, shard: Shard, url: str) -> Outcome:
         clip = self.clip
@@ -227,18 +215,17 @@ class Annotator:
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
                 storage.copy_file(shard.tar, tar)
             records = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes)
-            pq_ids, failed = read_shard_ids(shard.parquet, self.options.id_col, shard.stem)  # type: ignore[arg-type]
+            assert shard.parquet is not None  # discovery pairs every shard with its Parquet
+            pq_ids, failed = read_shard_ids(
+                shard.parquet, self.options.id_col, shard.stem, shard.parquet_bytes
+            )
             present = {r.id for r in records}
             compare_ids(pq_ids, present, shard.stem, allowed_missing=failed)
             results = self._run(shard, tar, records, clip)
         # img2dataset's failed downloads: a Parquet row and no members, carried with an error
         records += [ScannedRecord(rid, None, "", FAILED_DOWNLOAD) for rid in failed - present]
-        table = self._table(pq_ids, records, results, clip.embed_dim, shard)
-        buf = io.BytesIO()
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, buf, compression="zstd")
-        storage.write_bytes(url, buf.getvalue())
+        table = self._table(pq_ids, records, results, clip.embed_dim)
+        parquet.write_table(url, table, metadata={META_KEY: self._fingerprint(shard)})
         errors = {r.id: r.error for r in records if r.error}
         return Outcome(
             shard.stem,
@@ -303,7 +290,6 @@ class Annotator:
         records: list[ScannedRecord],
         results: dict[str, tuple[Any, ...]],
         dim: int,
-        shard: Shard,
     ) -> Any:
         import numpy as np
         import pyarrow as pa
@@ -326,7 +312,7 @@ class Annotator:
                 return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(~ok))
             return pa.array(values, pa.float32(), mask=~ok)
 
-        table = pa.table(
+        return pa.table(
             {
                 self.options.id_col: pa.array(ids, pa.string()),
                 "image_embedding": column(0, dim),
@@ -337,8 +323,6 @@ class Annotator:
                 "error": pa.array([errors[rid] for rid in ids], pa.string()),
             }
         )
-        meta = {META_KEY: json.dumps(self.inputs(shard), sort_keys=True).encode()}
-        return table.replace_schema_metadata(meta)
 
 
 @contextlib.contextmanager

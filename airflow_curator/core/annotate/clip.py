@@ -21,7 +21,7 @@ from airflow_curator.core.annotate.weights import (
     read_state_dict,
     resolve,
 )
-from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.errors import UsageError
 from airflow_curator.core.io import storage
 
 logger = logging.getLogger(__name__)
@@ -62,19 +62,19 @@ def model_spec(model: str) -> ModelSpec:
         import open_clip
 
         if model not in open_clip.list_models():
-            raise ValueError(
+            raise UsageError(
                 f"--model {model!r} is neither an open_clip architecture nor a .json model config"
             )
         return ModelSpec(model, model)
     try:
         data = json.loads(storage.read_bytes(model))
     except FileNotFoundError:
-        raise FileNotFoundError(f"model config {model} does not exist") from None
+        raise UsageError(f"model config {model} does not exist") from None
     except ValueError as e:
-        raise ValueError(f"model config {model} is not valid JSON: {e}") from None
+        raise UsageError(f"model config {model} is not valid JSON: {e}") from None
     config = data.get("model_cfg", data) if isinstance(data, dict) else None
     if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
-        raise ValueError(f"model config {model} needs embed_dim, vision_cfg and text_cfg")
+        raise UsageError(f"model config {model} needs embed_dim, vision_cfg and text_cfg")
     spec = ModelSpec("", model, config, dict(data.get("preprocess_cfg") or {}))
     return ModelSpec("curator-" + spec.key[7:19], model, config, spec.preprocess)
 
@@ -82,7 +82,7 @@ def model_spec(model: str) -> ModelSpec:
 def default_weights(spec: ModelSpec) -> str:
     if spec.name in DEFAULT_WEIGHTS:
         return DEFAULT_WEIGHTS[spec.name][0]
-    raise CuratorError(
+    raise UsageError(
         f"--model {spec.label}: no pinned default weights (pinned: {', '.join(DEFAULT_WEIGHTS)}); "
         "pass --weights PATH|URL|hf-hub:ORG/REPO[/FILE]"
     )

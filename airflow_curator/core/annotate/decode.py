@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_curator.core.errors import UsageError
 from airflow_curator.core.wds.naming import split_member
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class Preprocess:
         hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         mode = cfg.get("resize_mode", "shortest")
         if mode not in ("shortest", "squash", "longest"):
-            raise ValueError(f"unsupported open_clip resize_mode {mode!r}")
+            raise UsageError(f"unsupported open_clip resize_mode {mode!r}")
         return cls(
             hw,
             tuple(cfg["mean"]),

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from airflow_curator.core.annotate.weights import AESTHETIC_URL, WeightsFile, read_state_dict
-from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 DEFAULTS: dict[str, str | None] = {"aesthetic": AESTHETIC_URL, "nsfw": None}
 
 
-class HeadError(CuratorError):
+class HeadError(UsageError):
     """A head checkpoint does not fit the head or the CLIP model."""
 
 

@@ -14,7 +14,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_curator.core.errors import CuratorError
+from airflow_curator.core.errors import TransientError, UsageError
 from airflow_curator.core.io import storage
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ PINNED[AESTHETIC_URL] = "md5:b1047fd767a00134b8fd6529bf19521a"
 PINNED_NAMES: dict[str, str] = {posixpath.basename(u): d for u, d in PINNED.items()}
 
 
-class WeightsError(CuratorError):
+class WeightsError(UsageError):
     """A weight file is missing, unreadable or not the pinned file."""
 
 
@@ -103,6 +103,9 @@ def fetch(uri: str) -> str:
         except FileNotFoundError:
             raise WeightsError(f"weights {uri}: not found or not reachable") from None
         except Exception as e:  # fsspec backends raise their own types (aiohttp, gcsfs, ...)
+            reason = storage.unavailable(e)
+            if reason is not None:
+                raise TransientError(uri, reason) from e
             raise WeightsError(f"weights {uri}: download failed: {e}") from e
     return local
 
@@ -118,6 +121,9 @@ def _hub_download(spec: str) -> str:
 
         return hf_hub_download(repo_id=repo, filename=filename)
     except Exception as e:  # offline, missing repo or file, auth: all one clear error
+        reason = storage.unavailable(e)
+        if reason is not None and not os.environ.get("HF_HUB_OFFLINE"):
+            raise TransientError(f"{HUB_PREFIX}{spec}", reason) from e
         raise WeightsError(f"hub id {HUB_PREFIX}{spec}: cannot fetch {filename}: {e}") from e
 
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airflow_curator.core.errors import CuratorError, ShardError
-from airflow_curator.core.io import storage
+from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
 
@@ -64,7 +64,7 @@ class Manifest:
         chosen = [s for s in self.shards if s.id in wanted]
         missing = wanted - {s.id for s in chosen}
         if missing:
-            raise CuratorError(
+            raise UsageError(
                 f"{self.dataset}: shards {format_spec(missing)} of --shards {spec!r} do not exist"
             )
         return chosen
@@ -97,12 +97,12 @@ def discover(
 ) -> Manifest:
     """Pair the shard files of ``dataset``; ``on_invalid`` is ``error`` or ``skip`` (reported)."""
     if on_invalid not in ("error", "skip"):
-        raise ValueError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
+        raise UsageError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
     t0 = time.perf_counter()
     try:
         entries = storage.list_files(dataset)
     except FileNotFoundError:
-        raise CuratorError(f"dataset folder {dataset} does not exist") from None
+        raise UsageError(f"dataset folder {dataset} does not exist") from None
     by_id: dict[int, dict[str, storage.Entry]] = {}
     problems: list[dict[str, str]] = []
     ignored: list[str] = []
@@ -183,13 +183,8 @@ def discover(
 
 
 def _parquet_rows(shard: Shard) -> int:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(shard.parquet)  # type: ignore[arg-type]
-    try:
-        return pq.read_metadata(path, filesystem=fs).num_rows
-    except Exception as e:  # pyarrow raises several types for a bad footer
-        raise ShardError(shard.stem, f"{shard.parquet} is not a readable Parquet file: {e}") from e
+    assert shard.parquet is not None  # discovery pairs every shard with its Parquet
+    return parquet.num_rows(shard.parquet, shard.stem, size=shard.parquet_bytes)
 
 
 def make_groups(
@@ -199,7 +194,7 @@ def make_groups(
     if not shards:
         return []
     if max_groups < 1:
-        raise ValueError("max_groups must be >= 1")
+        raise UsageError("max_groups must be >= 1")
     total = sum(max(s.tar_bytes, 1) for s in shards)
     n = min(len(shards), max_groups, max(1, -(-total // max(group_bytes, 1))))
     groups: list[list[Shard]] = []

@@ -8,31 +8,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from airflow_curator.core.errors import ShardError, preview
-from airflow_curator.core.io import storage
+from airflow_curator.core.io import parquet
 from airflow_curator.core.wds.records import Record
 
 logger = logging.getLogger(__name__)
 
 STATUS_COL = "status"  # img2dataset: success | failed_to_download | failed_to_resize
 OK_STATUS = "success"
-
-
-def read_table(parquet_url: str, shard: str = "?", columns: list[str] | None = None) -> Any:
-    """The shard's Parquet as a pyarrow Table."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(parquet_url)
-    try:
-        return pq.read_table(path, filesystem=fs, columns=columns)
-    except FileNotFoundError:
-        raise ShardError(shard, f"{parquet_url} does not exist") from None
-    except Exception as e:
-        raise ShardError(shard, f"{parquet_url} is not readable Parquet: {e}") from e
-
-
-def read_ids(parquet_url: str, id_col: str, shard: str = "?") -> list[str]:
-    """The id column as strings, checked present, non-null and unique."""
-    return read_shard_ids(parquet_url, id_col, shard)[0]
 
 
 def failed_ids(table: Any, id_col: str) -> set[str]:
@@ -45,21 +27,18 @@ def failed_ids(table: Any, id_col: str) -> set[str]:
     return {str(i) for i, s in zip(ids, status, strict=True) if s is not None and s != OK_STATUS}
 
 
-def read_shard_ids(parquet_url: str, id_col: str, shard: str = "?") -> tuple[list[str], set[str]]:
-    """The checked id column and the ids of failed-download rows (see ``failed_ids``)."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(parquet_url)
-    try:
-        names = pq.read_schema(path, filesystem=fs).names
-    except Exception as e:
-        raise ShardError(shard, f"{parquet_url} is not readable Parquet: {e}") from e
-    if id_col not in names:
-        raise ShardError(
-            shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(names)})"
-        )
-    columns = [id_col] + ([STATUS_COL] if STATUS_COL in names else [])
-    table = read_table(parquet_url, shard, columns)
+def read_shard_ids(
+    parquet_url: str, id_col: str, shard: str = "?", size: int | None = None
+) -> tuple[list[str], set[str]]:
+    """The checked id column and the ids of failed-download rows (see ``failed_ids``);
+    ``size``: the file's size, when the manifest knows it."""
+    with parquet.open_parquet(parquet_url, shard, size=size) as pf:
+        names = pf.schema_arrow.names
+        if id_col not in names:
+            raise ShardError(
+                shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(names)})"
+            )
+        table = pf.read(columns=[id_col] + ([STATUS_COL] if STATUS_COL in names else []))
     ids = check_ids(table.column(id_col).to_pylist(), shard, parquet_url)
     return ids, failed_ids(table, id_col)
 

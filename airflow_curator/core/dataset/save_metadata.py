@@ -9,7 +9,6 @@ so a rerun writes the same bytes, and replaced in place by rename when no ``path
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -18,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_curator.core.dataset.discovery import discover
-from airflow_curator.core.dataset.metadata import check_ids, read_table
-from airflow_curator.core.errors import ShardError, preview
-from airflow_curator.core.io import storage
+from airflow_curator.core.dataset.metadata import check_ids
+from airflow_curator.core.errors import ShardError, UsageError, preview
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -80,21 +79,6 @@ class Thresholds:
             mask = pc.and_(mask, pc.is_null(table.column(ERROR_COLUMN)))
         mask = pc.fill_null(mask, False)
         return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
-
-
-def parquet_bytes(table: Any) -> bytes:
-    """Deterministic, compressed Parquet: explicit schema, one row group, no schema metadata
-    but save-metadata's marker of its filter column."""
-    import pyarrow.parquet as pq
-
-    meta = (table.schema.metadata or {}).get(META_KEY)
-    table = table.replace_schema_metadata({META_KEY: meta} if meta else None).combine_chunks()
-    buf = io.BytesIO()
-    pq.write_table(
-        table, buf, compression="zstd", row_group_size=max(table.num_rows, 1),
-        write_statistics=True,
-    )  # fmt: skip
-    return buf.getvalue()
 
 
 def join_annotations(base: Any, annotations: Any, id_col: str, shard: str) -> Any:
@@ -172,7 +156,7 @@ def merge_shard(
         if not own and filter_column in table.column_names:
             input_column = f"{filter_column}{INPUT_SUFFIX}"
             if input_column in table.column_names:
-                raise ValueError(
+                raise UsageError(
                     f"shard {shard}: the metadata has its own {filter_column!r} and already "
                     f"a {input_column!r}: choose another --filter-column"
                 )
@@ -180,7 +164,7 @@ def merge_shard(
         if input_column is not None:
             values = table.column(input_column)
             if not pa.types.is_boolean(values.type):
-                raise ValueError(
+                raise UsageError(
                     f"shard {shard}: the metadata's own column {filter_column!r} is "
                     f"{values.type}, not bool: choose another --filter-column"
                 )
@@ -194,7 +178,7 @@ def merge_shard(
     if columns is not None:
         unknown = [c for c in columns if c not in table.column_names]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"shard {shard}: unknown columns {', '.join(unknown)} "
                 f"(columns: {', '.join(table.column_names)})"
             )
@@ -234,23 +218,21 @@ def save_metadata(
         storage.makedirs(path)
 
     def one(s: Any) -> dict[str, Any]:
-        base = read_table(s.parquet, s.stem)
+        base = parquet.read_table(s.parquet, s.stem, size=s.parquet_bytes)
         folders = [annotations] if isinstance(annotations, str) else list(annotations or [])
         anns = []
         for folder in folders:
             ann_url = storage.join(folder, f"{s.stem}.parquet")
             if not storage.exists(ann_url):
                 raise ShardError(s.stem, f"annotations {ann_url} do not exist")
-            anns.append(read_table(ann_url, s.stem))
+            anns.append(parquet.read_table(ann_url, s.stem))
         ann = anns if anns else None
         table = merge_shard(
             base, ann, id_col=id_col, shard=s.stem, columns=columns,
             thresholds=thresholds, filter_column=filter_column,
         )  # fmt: skip
         dest = storage.join(path, f"{s.stem}.parquet") if path is not None else s.parquet
-        data = parquet_bytes(table)
-        if not storage.same_bytes(dest, data):
-            storage.write_bytes(dest, data)
+        parquet.write_table(dest, table, metadata=table.schema.metadata)
         passed = None
         if filter_column in table.column_names and table.num_rows:
             passed = int(pc.sum(table.column(filter_column)).as_py() or 0)

@@ -14,15 +14,11 @@ import time
 from typing import Any
 
 from airflow_curator.core import layout
-from airflow_curator.core.dedup import store as ds
-from airflow_curator.core.dedup.fit import (
-    Centroids,
-    load_centroids,
-    nearest,
-    normalise,
-    pick_device,
-)
-from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.dedup import store
+from airflow_curator.core.dedup.fit import Centroids, load_centroids, nearest, normalise
+from airflow_curator.core.device import pick_device
+from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.io import parquet
 from airflow_curator.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -39,22 +35,19 @@ def read_annotations(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    columns = ds.present(url, shard, [id_col, ds.EMBEDDING, ds.AESTHETIC])
-    for column in (id_col, ds.EMBEDDING):
-        if column not in columns:
-            raise ShardError(shard, f"{url} has no {column!r} column")
-    table = ds.read_parquet(url, shard, columns=columns)
+    wanted = [id_col, store.EMBEDDING]
+    table = parquet.read_table(url, shard, wanted, optional=(store.AESTHETIC,))
     ids = table.column(id_col)
     if ids.null_count:
         raise ShardError(shard, f"{url}: {ids.null_count} records have no {id_col}")
-    emb = table.column(ds.EMBEDDING)
+    emb = table.column(store.EMBEDDING)
     valid = pc.is_valid(emb)
     table = table.filter(valid)
-    x = ds.to_matrix(table.column(ds.EMBEDDING), shard)
+    x = store.to_matrix(table.column(store.EMBEDDING), shard)
     if dim is not None and len(x) and x.shape[1] != dim:
         raise ShardError(shard, f"embeddings have {x.shape[1]} dimensions, the centroids {dim}")
-    if ds.AESTHETIC in table.column_names:
-        score = table.column(ds.AESTHETIC).cast(pa.float32()).to_numpy(zero_copy_only=False)
+    if store.AESTHETIC in table.column_names:
+        score = table.column(store.AESTHETIC).cast(pa.float32()).to_numpy(zero_copy_only=False)
         aesthetic = np.asarray(score, dtype=np.float32)
     else:
         aesthetic = np.full(len(x), np.nan, dtype=np.float32)
@@ -76,7 +69,7 @@ def assign_table(
         "id": ids.take(pa.array(order)),
         "cluster": pa.array(labels, pa.int32()),
         "aesthetic": pa.array(aesthetic[order], pa.float32(), from_pandas=True),
-        "embedding": ds.fixed_list(x[order] if len(x) else np.zeros((0, cent.dim)), cent.dim),
+        "embedding": store.fixed_list(x[order] if len(x) else np.zeros((0, cent.dim)), cent.dim),
     })  # fmt: skip
     sizes = np.bincount(cent.parts.part_of(labels), minlength=cent.parts.count)
     return table, [int(s) for s in sizes]
@@ -95,21 +88,21 @@ def assign_shards(
     cent = load_centroids(output)
     device = pick_device(device)
     folder = annotations or layout.annotations_url(output)
-    files = ds.shard_files(folder, shards, "annotations")
+    files = store.shard_files(folder, shards, "annotations")
     if not files:
-        raise CuratorError(f"{folder}: no NNNNN.parquet annotation files")
+        raise UsageError(f"{folder}: no NNNNN.parquet annotation files: run annotate first")
     progress = Progress("dedup-assign", len(files), logger=logger)
     per_shard = []
     for number, shard, url in files:
         ids, x, aesthetic = read_annotations(url, shard, id_col, cent.dim)
         table, sizes = assign_table(number, ids, x, aesthetic, cent, device)
         meta = {"centroids": cent.digest, "parts": cent.parts.count, "source": url}
-        ds.write_parquet(ds.file_url(output, "assign", shard), table, meta, sizes)
+        store.write_file(store.file_url(output, "assign", shard), table, meta, sizes)
         per_shard.append({"shard": shard, "records": len(x)})
         progress.update(items=len(x))
     return {
         "output": output,
-        "assign": ds.folder_url(output, "assign"),
+        "assign": store.folder_url(output, "assign"),
         "shards": len(per_shard),
         "records": sum(s["records"] for s in per_shard),
         "seconds": round(time.perf_counter() - t0, 3),

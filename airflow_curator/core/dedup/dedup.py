@@ -16,10 +16,12 @@ import time
 from typing import Any
 
 from airflow_curator.core import layout
-from airflow_curator.core.dedup import store as ds
-from airflow_curator.core.dedup.fit import Centroids, load_centroids, pick_device
+from airflow_curator.core.dedup import store
+from airflow_curator.core.dedup.fit import Centroids, load_centroids
 from airflow_curator.core.dedup.hash import exact_duplicates, read_part_hashes
-from airflow_curator.core.errors import CuratorError, ShardError
+from airflow_curator.core.device import pick_device
+from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.io import parquet
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.wds.shardspec import format_spec
 
@@ -71,23 +73,25 @@ def rank_order(ids: Any, aesthetic: Any) -> Any:
     return np.lexsort((ids, neg))
 
 
-def read_part(files: list[ds.ShardFile], part: int, cent: Centroids) -> Any | None:
+def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> Any | None:
     """The part's rows from every assign file (its row groups only), in shard order."""
     import pyarrow as pa
 
     tables = []
     for _, shard, url in files:
-        pf = ds.parquet_file(url, shard)
-        meta = ds.file_meta(pf.schema_arrow)
-        if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
-            raise ShardError(shard, f"{url} was assigned with other centroids: rerun dedup-assign")
-        col = pf.schema_arrow.get_field_index("cluster")
-        for rg in range(pf.num_row_groups):
-            info = pf.metadata.row_group(rg)
-            stats = info.column(col).statistics
-            ours = info.num_rows and stats is not None and stats.has_min_max
-            if ours and int(cent.parts.part_of([stats.min])[0]) == part:
-                tables.append(pf.read_row_group(rg))
+        with parquet.open_parquet(url, shard) as pf:
+            meta = store.file_meta(pf.schema_arrow)
+            if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
+                raise ShardError(
+                    shard, f"{url} was assigned with other centroids: rerun dedup-assign"
+                )
+            col = pf.schema_arrow.get_field_index("cluster")
+            for rg in range(pf.num_row_groups):
+                info = pf.metadata.row_group(rg)
+                stats = info.column(col).statistics
+                ours = info.num_rows and stats is not None and stats.has_min_max
+                if ours and int(cent.parts.part_of([stats.min])[0]) == part:
+                    tables.append(pf.read_row_group(rg))
     return pa.concat_tables(tables) if tables else None
 
 
@@ -101,7 +105,7 @@ def dedup_part(
     ids = np.array(table.column("id").to_pylist(), dtype=str)
     shards = table.column("shard").to_numpy()
     aesthetic = table.column("aesthetic").to_numpy(zero_copy_only=False).astype(np.float32)
-    x = ds.to_matrix(table.column("embedding"), "part")
+    x = store.to_matrix(table.column("embedding"), "part")
     by_cluster = np.argsort(clusters, kind="stable")
     bounds = np.flatnonzero(np.diff(clusters[by_cluster])) + 1
     rows: list[tuple] = []
@@ -134,14 +138,14 @@ def dups_table(rows: list[tuple]) -> Any:
     })  # fmt: skip
 
 
-def check_complete(shards: set[int], files: list[ds.ShardFile], what: str, step: str) -> None:
+def check_complete(shards: set[int], files: list[store.ShardFile], what: str, step: str) -> None:
     """Every annotated shard must have its file: a missing one would pass as all unique."""
     if not files:
-        raise CuratorError(f"no {what}: run {step} first")
+        raise UsageError(f"no {what}: run {step} first")
     missing = shards - {f.number for f in files}
     if missing:
         spec = format_spec(missing)
-        raise CuratorError(f"shards {spec} have no {what}: run {step} --shards {spec}")
+        raise UsageError(f"shards {spec} have no {what}: run {step} --shards {spec}")
 
 
 def dedup_clusters(
@@ -156,22 +160,22 @@ def dedup_clusters(
 ) -> dict[str, Any]:
     """Write ``dups/PPPPP.parquet`` for the parts of the ``clusters`` spec."""
     if not 0 <= eps < 2:
-        raise ValueError("--eps must be in [0, 2): duplicates have cosine similarity > 1 - eps")
+        raise UsageError("--eps must be in [0, 2): duplicates have cosine similarity > 1 - eps")
     if block < 1:
-        raise ValueError("--block must be >= 1")
+        raise UsageError("--block must be >= 1")
     if exact not in EXACT_MODES:
-        raise ValueError(f"--exact must be one of {', '.join(EXACT_MODES)}, not {exact!r}")
+        raise UsageError(f"--exact must be one of {', '.join(EXACT_MODES)}, not {exact!r}")
     t0 = time.perf_counter()
     cent = load_centroids(output)
     parts = cent.parts.select(clusters)
     device = pick_device(device)
-    shards = {f.number for f in ds.shard_files(annotations or layout.annotations_url(output))}
-    files = ds.shard_files(ds.folder_url(output, "assign"))
+    shards = {f.number for f in store.shard_files(annotations or layout.annotations_url(output))}
+    files = store.shard_files(store.folder_url(output, "assign"))
     check_complete(shards, files, "assignments", "dedup-assign")
-    hash_files = ds.shard_files(ds.folder_url(output, "hash")) if exact != "off" else []
+    hash_files = store.shard_files(store.folder_url(output, "hash")) if exact != "off" else []
     if exact == "on" and not hash_files:
-        raise CuratorError(
-            f"--exact on: {ds.folder_url(output, 'hash')} has no hashes: run dedup-hash"
+        raise UsageError(
+            f"--exact on: {store.folder_url(output, 'hash')} has no hashes: run dedup-hash"
         )
     if hash_files:
         check_complete(shards, hash_files, "hashes", "dedup-hash")
@@ -194,7 +198,9 @@ def dedup_clusters(
                 rows.append((hshard[r], hid[r], hid[k], 1.0, "exact", -1))
         meta = {"centroids": cent.digest, "parts": cent.parts.count, "eps": eps,
                 "exact": bool(hash_files)}  # fmt: skip
-        ds.write_parquet(ds.file_url(output, "dups", ds.part_name(part)), dups_table(rows), meta)
+        store.write_file(
+            store.file_url(output, "dups", store.part_name(part)), dups_table(rows), meta
+        )
         totals["records"] += n
         totals["semantic"] += semantic
         totals["exact"] += len(rows) - semantic

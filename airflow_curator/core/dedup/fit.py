@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_curator.core import layout
-from airflow_curator.core.dedup import store as ds
-from airflow_curator.core.errors import CuratorError
-from airflow_curator.core.io import storage
+from airflow_curator.core.dedup import store
+from airflow_curator.core.device import pick_device
+from airflow_curator.core.errors import DataError, UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -27,18 +28,6 @@ logger = logging.getLogger(__name__)
 OVERSAMPLE = 4  # read at least this many times the sample size of rows, from random shards
 ASSIGN_BATCH = 65536
 INIT_POOL = 16  # k-means++ draws initial centroids from this many rows per cluster
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CuratorError(f"--device {device}: no CUDA GPU is visible to this process")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], not {device!r}")
-    return device
 
 
 def normalise(x: Any) -> Any:
@@ -99,7 +88,7 @@ def kmeans(x: Any, k: int, iterations: int = 20, seed: int = 0, device: str = "c
 
     n = len(x)
     if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= n_clusters <= rows, got {k} clusters, {n} rows")
+        raise UsageError(f"k-means needs 1 <= n_clusters <= rows, got {k} clusters, {n} rows")
     pool = np.sort(np.random.default_rng([seed, 1]).permutation(n)[: max(k, INIT_POOL * k)])
     centroids = plus_plus(np.ascontiguousarray(x[pool]), k, seed, device)
     xt = torch.from_numpy(x)
@@ -122,17 +111,15 @@ def kmeans(x: Any, k: int, iterations: int = 20, seed: int = 0, device: str = "c
     return centroids
 
 
-def sample_embeddings(files: list[ds.ShardFile], size: int, seed: int) -> Any:
+def sample_embeddings(files: list[store.ShardFile], size: int, seed: int) -> Any:
     """Up to ``size`` non-null embeddings, drawn evenly from a seeded random subset of the
     annotation files holding about ``OVERSAMPLE * size`` rows; one file in memory at a time."""
     import numpy as np
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     rows = {}
-    for number, _, url in files:
-        fs, path = storage.arrow_fs(url)
-        rows[number] = pq.read_metadata(path, filesystem=fs).num_rows
+    for number, shard, url in files:
+        rows[number] = parquet.num_rows(url, shard)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files))
     chosen, total = [], 0
@@ -145,21 +132,21 @@ def sample_embeddings(files: list[ds.ShardFile], size: int, seed: int) -> Any:
     parts = []
     progress = Progress("dedup-fit sample", len(chosen), logger=logger)
     for number, shard, url in chosen:
-        table = ds.read_parquet(url, shard, columns=[ds.EMBEDDING])
-        col = table.column(ds.EMBEDDING)
+        table = parquet.read_table(url, shard, [store.EMBEDDING])
+        col = table.column(store.EMBEDDING)
         col = col.filter(pc.is_valid(col))
         quota = min(len(col), math.ceil(size * rows[number] / max(total, 1)))
         if quota:
             pick = np.sort(
                 np.random.default_rng([seed, number]).choice(len(col), quota, replace=False)
             )
-            parts.append(ds.to_matrix(col.take(pick), shard))
+            parts.append(store.to_matrix(col.take(pick), shard))
         progress.update(items=len(col))
     if not parts:
-        raise CuratorError("no image embeddings to fit centroids to (all null or no annotations)")
+        raise DataError("no image embeddings to fit centroids to (all null or no annotations)")
     dims = {p.shape[1] for p in parts}
     if len(dims) != 1:
-        raise CuratorError(f"image embeddings of different sizes: {sorted(dims)}")
+        raise DataError(f"image embeddings of different sizes: {sorted(dims)}")
     return normalise(np.concatenate(parts)[:size])
 
 
@@ -168,7 +155,7 @@ class Centroids:
     """The fitted centroids and the parameters a later step must agree with."""
 
     vectors: Any  # (n_clusters, dim) float32
-    parts: ds.Parts
+    parts: store.Parts
     meta: dict[str, Any]
 
     @property
@@ -187,19 +174,19 @@ def save_centroids(url: str, vectors: Any, parts: int, meta: dict[str, Any]) -> 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     meta = dict(meta, n_clusters=len(vectors), dim=vectors.shape[1], parts=parts,
                 digest=hashlib.sha256(vectors.tobytes()).hexdigest()[:16])  # fmt: skip
-    table = pa.table({"centroid": ds.fixed_list(vectors, vectors.shape[1])})
-    ds.write_parquet(url, table, meta)
-    return Centroids(vectors, ds.Parts(len(vectors), parts), meta)
+    table = pa.table({"centroid": store.fixed_list(vectors, vectors.shape[1])})
+    store.write_file(url, table, meta)
+    return Centroids(vectors, store.Parts(len(vectors), parts), meta)
 
 
 def load_centroids(output: str) -> Centroids:
-    url = ds.centroids_url(output)
+    url = store.centroids_url(output)
     if not storage.exists(url):
-        raise CuratorError(f"{url} does not exist: run dedup-fit first")
-    table = ds.read_parquet(url, "centroids")
-    meta = ds.file_meta(table.schema)
-    vectors = ds.to_matrix(table.column("centroid"), "centroids")
-    return Centroids(vectors, ds.Parts(meta["n_clusters"], meta["parts"]), meta)
+        raise UsageError(f"{url} does not exist: run dedup-fit first")
+    table = parquet.read_table(url, None)
+    meta = store.file_meta(table.schema)
+    vectors = store.to_matrix(table.column("centroid"), "centroids")
+    return Centroids(vectors, store.Parts(meta["n_clusters"], meta["parts"]), meta)
 
 
 def fit_centroids(
@@ -215,12 +202,12 @@ def fit_centroids(
 ) -> dict[str, Any]:
     """Fit and write ``centroids.parquet``; the result lists the cluster groups to expand over."""
     if n_clusters < 1 or parts < 1 or iterations < 1 or sample < 1:
-        raise ValueError("--n-clusters, --cluster-groups, --iterations and --sample must be >= 1")
+        raise UsageError("--n-clusters, --cluster-groups, --iterations and --sample must be >= 1")
     t0 = time.perf_counter()
     annotations = annotations or layout.annotations_url(output)
-    files = ds.shard_files(annotations, what="annotations")
+    files = store.shard_files(annotations, what="annotations")
     if not files:
-        raise CuratorError(f"{annotations}: no NNNNN.parquet annotation files")
+        raise UsageError(f"{annotations}: no NNNNN.parquet annotation files: run annotate first")
     device = pick_device(device)
     x = sample_embeddings(files, sample, seed)
     k = min(n_clusters, len(x))
@@ -238,10 +225,10 @@ def fit_centroids(
         "sample": len(x),
         "device": device.split(":")[0],
     }
-    cent = save_centroids(ds.centroids_url(output), vectors, min(parts, k), meta)
+    cent = save_centroids(store.centroids_url(output), vectors, min(parts, k), meta)
     return {
         "output": output,
-        "centroids": ds.centroids_url(output),
+        "centroids": store.centroids_url(output),
         "n_clusters": k,
         "dim": cent.dim,
         "sample": len(x),

@@ -17,9 +17,9 @@ from typing import Any
 
 from airflow_curator.core import layout
 from airflow_curator.core.dataset.discovery import Shard, discover
-from airflow_curator.core.dedup import store as ds
-from airflow_curator.core.errors import ShardError
-from airflow_curator.core.io import storage
+from airflow_curator.core.dedup import store
+from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.wds.records import iter_records
 
@@ -42,14 +42,15 @@ def tar_hashes(shard: Shard) -> tuple[list[str], list[bytes]]:
 
 def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] | None:
     """Ids and digests from the shard's ``sha256`` column, or None when it has none."""
-    import pyarrow.parquet as pq
-
     if shard.parquet is None:
         return None
-    fs, path = storage.arrow_fs(shard.parquet)
-    if SHA_COLUMN not in pq.read_schema(path, filesystem=fs).names:
-        return None
-    table = ds.read_parquet(shard.parquet, shard.stem, columns=[id_col, SHA_COLUMN])
+    with parquet.open_parquet(shard.parquet, shard.stem, size=shard.parquet_bytes) as pf:
+        if SHA_COLUMN not in pf.schema_arrow.names:
+            return None
+        wanted = [id_col, SHA_COLUMN]
+        table = pf.read(
+            columns=parquet.columns_of(pf.schema_arrow, shard.parquet, shard.stem, wanted)
+        )
     ids, digests = [], []
     for rid, hexdigest in zip(
         table.column(id_col).to_pylist(), table.column(SHA_COLUMN).to_pylist()
@@ -77,11 +78,10 @@ def aesthetic_of(annotations: str, shard: str, id_col: str, ids: list[str]) -> A
     url = storage.join(annotations, f"{shard}.parquet")
     if not storage.exists(url):
         return out
-    columns = ds.present(url, shard, [id_col, ds.AESTHETIC])
-    if len(columns) < 2:
+    table = parquet.read_table(url, shard, [], optional=(id_col, store.AESTHETIC))
+    if table.num_columns < 2:
         return out
-    table = ds.read_parquet(url, shard, columns=columns)
-    score = dict(zip(table.column(id_col).to_pylist(), table.column(ds.AESTHETIC).to_pylist()))
+    score = dict(zip(table.column(id_col).to_pylist(), table.column(store.AESTHETIC).to_pylist()))
     for i, rid in enumerate(ids):
         value = score.get(rid)
         if value is not None:
@@ -102,7 +102,7 @@ def hash_shards(
     import pyarrow as pa
 
     if source not in SOURCES:
-        raise ValueError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
+        raise UsageError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
     t0 = time.perf_counter()
     selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
     annotations = annotations or layout.annotations_url(output)
@@ -121,13 +121,13 @@ def hash_shards(
             "aesthetic": pa.array(aesthetic_of(annotations, shard.stem, id_col, ids), pa.float32(),
                                   from_pandas=True),
         })  # fmt: skip
-        ds.write_parquet(ds.file_url(output, "hash", shard.stem), table, {"source": used})
+        store.write_file(store.file_url(output, "hash", shard.stem), table, {"source": used})
         per_shard.append({"shard": shard.stem, "records": len(ids), "source": used})
         progress.update(items=len(ids), nbytes=shard.tar_bytes if used == "tar" else 0)
     return {
         "dataset": dataset,
         "output": output,
-        "hash": ds.folder_url(output, "hash"),
+        "hash": store.folder_url(output, "hash"),
         "shards": len(per_shard),
         "records": sum(s["records"] for s in per_shard),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -135,14 +135,14 @@ def hash_shards(
     }
 
 
-def read_part_hashes(files: list[ds.ShardFile], part: int, parts: ds.Parts) -> Any | None:
+def read_part_hashes(files: list[store.ShardFile], part: int, parts: store.Parts) -> Any | None:
     """Rows of the hash files whose sha256 falls in ``part`` (None when there are none)."""
     import numpy as np
     import pyarrow as pa
 
     tables = []
     for _, shard, url in files:
-        table = ds.read_parquet(url, shard)
+        table = parquet.read_table(url, shard)
         if not table.num_rows:
             continue
         raw = b"".join(table.column("sha256").to_pylist())

@@ -15,9 +15,10 @@ import time
 from typing import Any
 
 from airflow_curator.core import layout
-from airflow_curator.core.dedup import store as ds
+from airflow_curator.core.dedup import store
 from airflow_curator.core.dedup.fit import load_centroids
-from airflow_curator.core.errors import CuratorError, ShardError, preview
+from airflow_curator.core.errors import DataError, ShardError, UsageError, preview
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -29,24 +30,26 @@ def read_removed(
     output: str, wanted: set[int]
 ) -> tuple[dict[int, dict[str, tuple]], dict[str, Any]]:
     """``shard -> id -> (duplicate_of, similarity, kind)`` of the wanted shards, from all parts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     cent = load_centroids(output)
     removed: dict[int, dict[str, tuple]] = {n: {} for n in wanted}
     settings: set[tuple] = set()
     missing = []
+    done = {e.name for e in storage.list_files(store.folder_url(output, "dups"), missing_ok=True)}
     for part in range(cent.parts.count):
-        name = ds.part_name(part)
-        url = ds.file_url(output, "dups", name)
-        pf = None
-        try:
-            pf = ds.parquet_file(url, f"dups {name}")
-        except ShardError:
+        name = store.part_name(part)
+        if f"{name}.parquet" not in done:
             missing.append(part)
             continue
-        meta = ds.file_meta(pf.schema_arrow)
+        url = store.file_url(output, "dups", name)
+        table = parquet.read_table(url, None)
+        meta = store.file_meta(table.schema)
         if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
-            raise CuratorError(f"{url} was made with other centroids: rerun dedup")
+            raise DataError(f"{url} was made with other centroids: rerun dedup")
         settings.add((meta.get("eps"), meta.get("exact")))
-        table = ds.read_parquet(url, f"dups {name}", filters=[("shard", "in", sorted(wanted))])
+        table = table.filter(pc.is_in(table.column("shard"), pa.array(sorted(wanted), pa.int32())))
         for shard, rid, dup_of, sim, kind in zip(
             *(
                 table.column(c).to_pylist()
@@ -56,12 +59,12 @@ def read_removed(
             removed[shard].setdefault(rid, (dup_of, sim, kind))
     if missing:
         groups = [cent.parts.groups()[p]["clusters"] for p in missing[:3]]
-        raise CuratorError(
+        raise UsageError(
             f"dedup has not run for {len(missing)} of {cent.parts.count} cluster groups "
             f"(e.g. --clusters {' '.join(groups)}): run dedup for them first"
         )
     if len(settings) > 1:
-        raise CuratorError(f"dups files disagree on eps/exact {sorted(settings)}: rerun dedup")
+        raise UsageError(f"dups files disagree on eps/exact {sorted(settings)}: rerun dedup")
     eps, exact = settings.pop() if settings else (None, None)
     return removed, {"eps": eps, "exact_pass": exact}
 
@@ -78,15 +81,15 @@ def write_results(
     import pyarrow as pa
 
     t0 = time.perf_counter()
-    files = ds.shard_files(annotations or layout.annotations_url(output), shards, "annotations")
+    files = store.shard_files(annotations or layout.annotations_url(output), shards, "annotations")
     if not files:
-        raise CuratorError(f"{annotations or layout.annotations_url(output)}: no annotation files")
+        raise UsageError(f"{annotations or layout.annotations_url(output)}: no annotation files")
     removed, settings = read_removed(output, {f.number for f in files})
     progress = Progress("dedup-result", len(files), logger=logger)
     per_shard, examples = [], []
     kinds = {"semantic": 0, "exact": 0}
     for number, shard, url in files:
-        table = ds.read_parquet(url, shard, columns=[id_col])
+        table = parquet.read_table(url, shard, [id_col])
         ids = [str(i) for i in table.column(id_col).to_pylist()]
         marks = removed[number]
         unknown = set(marks) - set(ids)
@@ -99,7 +102,7 @@ def write_results(
             column: pa.array([d is None for d in dup_of], pa.bool_()),
             "duplicate_of": pa.array(dup_of, pa.string()),
         })  # fmt: skip
-        ds.write_parquet(ds.file_url(output, "result", shard), out)
+        store.write_file(store.file_url(output, "result", shard), out)
         for rid in sorted(marks):
             kinds[marks[rid][2]] += 1
             if len(examples) < EXAMPLES:
@@ -111,7 +114,7 @@ def write_results(
         progress.update(items=len(ids))
     return {
         "output": output,
-        "result": ds.folder_url(output, "result"),
+        "result": store.folder_url(output, "result"),
         "column": column,
         **settings,
         "shards": len(per_shard),

@@ -1,6 +1,7 @@
 """Where deduplication keeps its files under ``O/_work/dedup``, and how it reads and writes them.
 
-One place for the layout the dedup steps hand to each other (so each step is only its algorithm):
+One place for the layout the dedup steps hand to each other (so each step is only its algorithm);
+the files are read and written through the Parquet layer (``core.io.parquet``):
 
 ```
 centroids.parquet        k-means centroids + what made them (n_clusters, parts, seed, digest)
@@ -12,19 +13,19 @@ result/NNNNN.parquet     per input shard: (id, is_unique, duplicate_of), the ann
 ```
 
 Every file is written whole and deterministically (fixed schema, no timestamps), so a rerun
-writes the same bytes and a different split into tasks gives the same files.
+writes the same bytes and a different split into tasks gives the same files. Per-shard files
+are named by the input shard's own stem, whatever its width.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from airflow_curator.core.errors import CuratorError, ShardError
-from airflow_curator.core.io import storage
+from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import dedup_url
 from airflow_curator.core.wds.naming import shard_id
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
@@ -32,7 +33,6 @@ from airflow_curator.core.wds.shardspec import format_spec, parse_spec
 logger = logging.getLogger(__name__)
 
 META_KEY = b"airflow_curator.dedup"
-STATS_COLUMNS = ("shard", "cluster")  # row-group min/max that readers select by
 EMBEDDING = "image_embedding"
 AESTHETIC = "aesthetic_score"
 
@@ -70,7 +70,7 @@ def shard_files(folder: str, spec: str | None = None, what: str = "files") -> li
     if not storage.exists(folder):
         if spec is None:
             return []
-        raise CuratorError(f"{folder} does not exist (no {what})")
+        raise UsageError(f"{folder} does not exist (no {what})")
     found: dict[int, ShardFile] = {}
     for entry in storage.list_files(folder):
         if entry.name.startswith((".", "_")) or not entry.name.endswith(".parquet"):
@@ -83,79 +83,23 @@ def shard_files(folder: str, spec: str | None = None, what: str = "files") -> li
         return [found[n] for n in sorted(found)]
     missing = wanted - set(found)
     if missing:
-        raise CuratorError(f"{folder}: no {what} for shards {format_spec(missing)}")
+        raise UsageError(f"{folder}: no {what} for shards {format_spec(missing)}")
     return [found[n] for n in sorted(wanted)]
 
 
-def read_parquet(url: str, shard: str, columns: list[str] | None = None, **kw: Any) -> Any:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(url)
-    try:
-        return pq.read_table(path, filesystem=fs, columns=columns, **kw)
-    except FileNotFoundError:
-        raise ShardError(shard, f"{url} does not exist") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise ShardError(shard, f"{url}: {e}") from e
-    except Exception as e:  # pyarrow raises its own ArrowInvalid for a damaged file
-        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
-
-
-def parquet_file(url: str, shard: str) -> Any:
-    """A ``pyarrow.parquet.ParquetFile`` (footer read only) for row-group reads."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(url)
-    try:
-        return pq.ParquetFile(path, filesystem=fs)
-    except FileNotFoundError:
-        raise ShardError(shard, f"{url} does not exist") from None
-    except Exception as e:
-        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
-
-
-def present(url: str, shard: str, wanted: list[str]) -> list[str]:
-    """Those of ``wanted`` columns the file has (one footer read), so reads skip the rest."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(url)
-    try:
-        names = set(pq.read_schema(path, filesystem=fs).names)
-    except FileNotFoundError:
-        raise ShardError(shard, f"{url} does not exist") from None
-    except Exception as e:
-        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
-    return [c for c in wanted if c in names]
-
-
 def file_meta(schema: Any) -> dict[str, Any]:
+    """What a dedup step recorded in one of its files (centroids digest, parts, eps, ...)."""
     raw = (schema.metadata or {}).get(META_KEY)
     return json.loads(raw) if raw else {}
 
 
-def write_parquet(
+def write_file(
     url: str, table: Any, meta: dict[str, Any] | None = None, row_groups: list[int] | None = None
 ) -> None:
-    """Deterministic Parquet, written atomically. ``row_groups`` are the row counts of
-    consecutive row groups (default one); embeddings stay uncompressed (they do not compress)."""
-    import pyarrow.parquet as pq
-
-    table = table.replace_schema_metadata(
-        {META_KEY: json.dumps(meta, sort_keys=True).encode()} if meta else None
-    ).combine_chunks()
-    compression = {f.name: ("none" if f.name == "embedding" else "zstd") for f in table.schema}
-    buf = io.BytesIO()
-    stats = [c for c in STATS_COLUMNS if c in table.column_names]
-    with pq.ParquetWriter(
-        buf, table.schema, compression=compression, use_dictionary=False, write_statistics=stats
-    ) as writer:
-        start = 0
-        for n in [n for n in (row_groups or [table.num_rows]) if n] or [0]:
-            writer.write_table(table.slice(start, n), row_group_size=max(n, 1))
-            start += n
-    data = buf.getvalue()
-    if not storage.same_bytes(url, data):  # a rerun recomputes, but rewrites nothing unchanged
-        storage.write_bytes(url, data)
+    """A dedup work file through the Parquet layer, ``meta`` in its schema metadata;
+    ``row_groups``: the row counts of consecutive row groups (default one)."""
+    metadata = {META_KEY: json.dumps(meta, sort_keys=True).encode()} if meta else None
+    parquet.write_table(url, table, metadata=metadata, row_groups=row_groups)
 
 
 @dataclass(frozen=True)
@@ -194,12 +138,12 @@ class Parts:
             return list(range(self.count))
         bad = [c for c in wanted if c >= self.n_clusters]
         if bad:
-            raise ValueError(f"--clusters {spec!r}: there are only {self.n_clusters} clusters")
+            raise UsageError(f"--clusters {spec!r}: there are only {self.n_clusters} clusters")
         parts = sorted({int(p) for p in self.part_of(sorted(wanted))})
         for p in parts:
             whole = self.clusters(p)
             if not set(whole) <= wanted:
-                raise ValueError(
+                raise UsageError(
                     f"--clusters {spec!r} splits part {p} "
                     f"(clusters {whole.start}-{whole.stop - 1}): "
                     "use the groups dedup-fit returned"

@@ -17,9 +17,36 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from airflow_curator.core.errors import TransientError
+
 logger = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
+# Exceptions (by defining module and name, so nothing is imported to test for them) that mean
+# the storage or the network failed, not the request or the data: retrying may help.
+UNAVAILABLE = frozenset(
+    {
+        "aiohttp.client_exceptions.ClientError",
+        "requests.exceptions.ConnectionError",
+        "requests.exceptions.Timeout",
+        "requests.exceptions.ChunkedEncodingError",
+        "google.auth.exceptions.TransportError",
+        "google.auth.exceptions.RefreshError",
+        "google.api_core.exceptions.ServiceUnavailable",
+        "google.api_core.exceptions.TooManyRequests",
+        "google.api_core.exceptions.DeadlineExceeded",
+        "google.api_core.exceptions.InternalServerError",
+        "gcsfs.retry.ChecksumError",
+    }
+)
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # HTTP statuses worth a retry
+NOT_UNAVAILABLE = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 @dataclass(frozen=True)
@@ -32,18 +59,47 @@ class Entry:
     mtime: float | None
 
 
+def unavailable(error: BaseException) -> str | None:
+    """The reason, when ``error`` from a storage call means the storage or the network is
+    unavailable (refused, reset, timed out, throttled, a 5xx); None for anything else (a
+    missing file, no permission, a bug), which retrying would not cure."""
+    if isinstance(error, TransientError):
+        return error.reason
+    if isinstance(error, NOT_UNAVAILABLE):
+        # fsspec's http turns a refused connection into FileNotFoundError "from" the real one
+        cause = error.__cause__
+        return unavailable(cause) if cause is not None and cause is not error else None
+    text = str(error) or type(error).__name__
+    status = getattr(error, "status", None) or getattr(error, "code", None)  # an HTTP answer
+    if isinstance(status, int) and 400 <= status < 600:
+        return text if status in RETRY_STATUS else None
+    if isinstance(error, OSError):  # sockets, ConnectionError, TimeoutError, aiohttp's OS errors
+        return None if text.startswith("Forbidden") else text  # gcsfs: 403 is an OSError
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(error).__mro__}
+    return text if names & UNAVAILABLE else None
+
+
+@contextlib.contextmanager
+def reading(url: str, action: str = "reading") -> Iterator[None]:
+    """Storage failures of a remote ``url`` inside become ``TransientError`` naming it (the
+    error contract: never blame the data for a connection error). Wrap I/O only, never
+    parsing: a parser's OSError is the data's fault. Local paths are left as they are."""
+    if is_local(url):
+        yield
+        return
+    try:
+        yield
+    except Exception as e:
+        reason = unavailable(e)
+        if reason is None or isinstance(e, TransientError):
+            raise
+        raise TransientError(url, reason, action) from e
+
+
 def fs_and_path(url: str) -> tuple[Any, str]:
     import fsspec.core
 
     return fsspec.core.url_to_fs(url)
-
-
-def arrow_fs(url: str) -> tuple[Any, str]:
-    """``(filesystem, path)`` for pyarrow's readers: no filesystem for a local path, which
-    spares every step fsspec's import (pyarrow reads local files itself)."""
-    if is_local(url):
-        return None, local_path(url)
-    return fs_and_path(url)
 
 
 def is_local(url: str) -> bool:

@@ -17,10 +17,9 @@ from typing import Any
 
 from airflow_curator.core import layout
 from airflow_curator.core.dataset.discovery import Manifest, load_manifest
-from airflow_curator.core.dataset.metadata import read_table
 from airflow_curator.core.dataset.save_metadata import INPUT_SUFFIX, filter_marker
-from airflow_curator.core.errors import CuratorError
-from airflow_curator.core.io import storage
+from airflow_curator.core.errors import UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.reshard.plan import FAILED_DOWNLOAD, load_plan
 from airflow_curator.core.wds.records import IMAGE_EXTS
@@ -159,7 +158,7 @@ def gather(
     params: dict[str, Any] = run.get("params", {})
     man_url = manifest or layout.manifest_url(output)
     if not storage.exists(man_url):
-        raise CuratorError(f"no dataset manifest at {man_url}: run discover first")
+        raise UsageError(f"no dataset manifest at {man_url}: run discover first")
     man: Manifest = load_manifest(man_url)
     limits: dict[str, tuple[str, float]] = {}
     for col, (_, _, param, kind) in SCORES.items():
@@ -184,7 +183,7 @@ def gather(
             rows.append(ShardRow(shard.stem, shard.records or 0, 0, 0, None))
             progress.update()
             continue
-        table = read_table(url, shard.stem)
+        table = parquet.read_table(url, shard.stem)
         input_filters += bool(filter_marker(table.schema).get("input_column"))
         names = set(table.column_names)
         wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
@@ -278,7 +277,7 @@ def _find(
         url = storage.join(metadata, f"{shard.stem}.parquet")
         if not ids or not storage.exists(url):
             continue
-        table = read_table(url, shard.stem)
+        table = parquet.read_table(url, shard.stem)
         names = set(table.column_names)
         for i, rid in enumerate(table.column(id_col).to_pylist()):
             if str(rid) in ids:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow_curator.core.errors import CuratorError, ShardError, preview
+from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import storage
 from airflow_curator.core.layout import (
     OUTPUT_MANIFEST,
@@ -53,7 +53,7 @@ def check_outputs(plan: Plan, verify_hashes: bool = False, threads: int = 16) ->
         markers = list(pool.map(_read_marker, urls))
     missing = [o.name for o, m in zip(plan.outputs, markers, strict=True) if m is None]
     if missing:
-        raise CuratorError(
+        raise UsageError(
             f"{len(missing)} of {len(plan.outputs)} output shards were not written: "
             f"{preview(missing)} (run reshard for them)"
         )

@@ -26,8 +26,8 @@ from airflow_curator.core.dataset.discovery import (
     make_groups,
 )
 from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_ids
-from airflow_curator.core.errors import CuratorError, ShardError
-from airflow_curator.core.io import storage
+from airflow_curator.core.errors import DataError, ShardError, UsageError
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import SUCCESS, plan_url
 from airflow_curator.core.wds.naming import offset_digits, shard_name
 from airflow_curator.core.wds.shardspec import format_spec
@@ -102,38 +102,14 @@ class Plan:
         for i in self.inputs:
             if i.stem == stem:
                 return i
-        raise CuratorError(f"plan has no input shard {stem}")
+        raise DataError(f"the plan has no input shard {stem}")
 
 
 def load_plan(url: str) -> Plan:
     try:
         return Plan.from_json(storage.read_bytes(url).decode())
     except FileNotFoundError:
-        raise CuratorError(f"reshard plan {url} does not exist (run plan-reshard first)") from None
-
-
-def read_parquet(
-    url: str, shard: str, columns: list[str] | None = None, optional: list[str] = ()
-) -> tuple[Any, Any]:
-    """(Arrow schema, table of ``columns`` and those of ``optional`` it has) of one Parquet."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_fs(url)
-    try:
-        pf = pq.ParquetFile(path, filesystem=fs)
-        schema = pf.schema_arrow
-        missing = [c for c in columns or () if c not in schema.names]
-        if missing:
-            raise ShardError(shard, f"{url} has no column {missing[0]!r}")
-        if columns is not None:
-            columns = columns + [c for c in optional if c in schema.names]
-        return schema, pf.read(columns=columns)
-    except FileNotFoundError:
-        raise ShardError(shard, f"metadata {url} does not exist") from None
-    except ShardError:
-        raise
-    except Exception as e:
-        raise ShardError(shard, f"{url} is not readable Parquet: {e}") from e
+        raise UsageError(f"reshard plan {url} does not exist: run plan-reshard first") from None
 
 
 def kept_rows(table: Any, filter_column: str, shard: str) -> tuple[list[int], int]:
@@ -166,13 +142,18 @@ def _check_apart(dataset: str, output: str) -> None:
     output folder, and discovery of the input would pick the output's shards up."""
     a, b = (posixpath.normpath(storage.local_path(x).rstrip("/")) for x in (dataset, output))
     if a == b:
-        raise ValueError(f"output {output} is the input dataset: choose another folder")
+        raise UsageError(f"output {output} is the input dataset: choose another folder")
     if b.startswith(a + "/"):
-        raise ValueError(f"output {output} is inside the input dataset {dataset}")
+        raise UsageError(f"output {output} is inside the input dataset {dataset}")
 
 
 def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> tuple[Any, ...]:
-    schema, table = read_parquet(meta_url, shard.stem, [id_col, filter_column], [STATUS_COL])
+    """(the file's schema, the input's plan entry) from its id, filter and status columns."""
+    size = shard.parquet_bytes if meta_url == shard.parquet else None
+    with parquet.open_parquet(meta_url, shard.stem, size=size) as pf:
+        schema = pf.schema_arrow
+        wanted = [id_col, filter_column]
+        table = pf.read(parquet.columns_of(schema, meta_url, shard.stem, wanted, (STATUS_COL,)))
     ids = check_ids(table.column(id_col).to_pylist(), shard.stem, meta_url)
     rows, failed = kept_rows(table, filter_column, shard.stem)
     return schema, InputShard(
@@ -195,7 +176,7 @@ def output_schema(schemas: list[Any], id_col: str, old_id_col: str | None) -> An
     try:
         unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise CuratorError(f"the shards' metadata schemas do not agree: {e}") from None
+        raise DataError(f"the shards' metadata schemas do not agree: {e}") from None
     unified = unified.remove_metadata()
     old_type = unified.field(id_col).type
     fields = [pa.field(id_col, pa.string()) if f.name == id_col else f for f in unified]
@@ -239,10 +220,10 @@ def make_plan(
     """Read kept counts and schemas; fail before anything is written if the output can't fit."""
     offset_digits(samples_per_shard)  # validates >= 1
     if max_shards < 1:
-        raise ValueError(f"max_shards must be >= 1, got {max_shards}")
+        raise UsageError(f"max_shards must be >= 1, got {max_shards}")
     _check_apart(dataset, output)
     if old_id_col == id_col:
-        raise ValueError(f"old_id_col must differ from the id column {id_col!r}")
+        raise UsageError(f"old_id_col must differ from the id column {id_col!r}")
     manifest = discover(dataset, count_records=False)
     selected = manifest.select(shards)
     meta_root = metadata or dataset
@@ -259,7 +240,7 @@ def make_plan(
     kept = sum(i.kept for i in inputs)
     needed = -(-kept // samples_per_shard)
     if needed > 10**max_shards:
-        raise CuratorError(
+        raise UsageError(
             f"{kept} kept records need {needed} output shards of {samples_per_shard}, more than "
             f"max_shards={max_shards} digits allow ({10**max_shards}); raise max_shards or "
             f"samples_per_shard"

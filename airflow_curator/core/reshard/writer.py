@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow_curator.core.dataset.save_metadata import parquet_bytes
-from airflow_curator.core.errors import CuratorError, ShardError, preview
-from airflow_curator.core.io import storage
+from airflow_curator.core.errors import ShardError, UsageError, preview
+from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import marker_url, markers_url
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.reshard.plan import (
@@ -35,7 +34,6 @@ from airflow_curator.core.reshard.plan import (
     ids_digest,
     kept_rows,
     load_plan,
-    read_parquet,
 )
 from airflow_curator.core.wds.index import index_text
 from airflow_curator.core.wds.naming import SHARD_EXTS, record_ids
@@ -98,7 +96,7 @@ class InputCache:
         from airflow_curator.core.dataset.metadata import check_ids
 
         plan = self.plan
-        table = read_parquet(inp.metadata, inp.stem)[1]
+        table = parquet.read_table(inp.metadata, inp.stem)
         ids = check_ids(table.column(plan.id_col).to_pylist(), inp.stem, inp.metadata)
         rows, _ = kept_rows(table, plan.filter_column, inp.stem)
         if len(rows) != inp.kept or ids_digest([ids[r] for r in rows]) != inp.digest:
@@ -296,7 +294,7 @@ def write_output(
         raise ShardError(out.name, f"wrote {len(old_ids)} records, the plan says {out.records}")
     files = {"tar": {"name": out.name + ".tar", "size": writer.pos, "sha256": writer.sha256}}
     idx = index_text(writer.members, out.name)[0].encode()
-    pq_data = parquet_bytes(_metadata_table(plan, parts, ids, old_ids))
+    pq_data = parquet.to_bytes(_metadata_table(plan, parts, ids, old_ids))
     for ext, data in (("idx", idx), ("parquet", pq_data)):
         storage.write_bytes(f"{base}.{ext}", data, fsync=False)
         files[ext] = {
@@ -388,7 +386,7 @@ def reshard(
     indexes = [o.index for o in plan.outputs if wanted is None or o.index in wanted]
     if wanted is not None and len(indexes) != len(wanted):
         extra = wanted - set(indexes)
-        raise CuratorError(
+        raise UsageError(
             f"outputs {format_spec(extra)} are not in the plan ({len(plan.outputs)} outputs)"
         )
     listing = storage.list_files(plan.output, missing_ok=True)  # one listing for both

@@ -5,6 +5,8 @@ from __future__ import annotations
 import posixpath
 import re
 
+from airflow_curator.core.errors import UsageError
+
 SHARD_STEM = re.compile(r"^[0-9]+$")
 SHARD_EXTS = ("tar", "parquet", "idx")
 
@@ -18,14 +20,14 @@ def shard_id(name: str) -> int | None:
 def offset_digits(samples_per_shard: int) -> int:
     """Digits needed for offsets 0..samples_per_shard-1 (10,000 -> 4, 1,500 -> 4, 1 -> 1)."""
     if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+        raise UsageError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     return len(str(samples_per_shard - 1))
 
 
 def shard_name(index: int, max_shards: int = 5) -> str:
     """File stem of output shard ``index``; ``max_shards`` is the number of shard digits."""
     if index >= 10**max_shards:
-        raise ValueError(f"shard {index} does not fit in {max_shards} digits (max_shards)")
+        raise UsageError(f"shard {index} does not fit in {max_shards} digits (max_shards)")
     return f"{index:0{max_shards}d}"
 
 
@@ -41,7 +43,7 @@ def record_ids(
 ) -> list[str]:
     """The ids of the first ``count`` records of output ``shard`` (``record_id`` in bulk)."""
     if count > samples_per_shard:
-        raise ValueError(f"{count} records do not fit a shard of {samples_per_shard}")
+        raise UsageError(f"{count} records do not fit a shard of {samples_per_shard}")
     prefix, width = shard_name(shard, max_shards), offset_digits(samples_per_shard)
     return [f"{prefix}{i:0{width}d}" for i in range(count)]
 

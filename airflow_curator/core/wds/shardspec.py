@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from airflow_curator.core.errors import UsageError
+
 
 def format_spec(ids: Iterable[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
@@ -35,8 +37,8 @@ def parse_spec(spec: str | None) -> set[int] | None:
             a = int(lo)
             b = int(hi) if sep else a
         except ValueError:
-            raise ValueError(f"invalid shard spec {spec!r}: {part!r} is not N or N-M") from None
+            raise UsageError(f"invalid shard spec {spec!r}: {part!r} is not N or N-M") from None
         if a < 0 or b < a:
-            raise ValueError(f"invalid shard spec {spec!r}: bad range {part!r}")
+            raise UsageError(f"invalid shard spec {spec!r}: bad range {part!r}")
         ids.update(range(a, b + 1))
     return ids

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 
-from airflow_curator.core.errors import CuratorError, ShardError, TarFormatError
+from airflow_curator.core.errors import DataError, ShardError, TarFormatError
 from airflow_curator.core.io import storage
 from airflow_curator.core.wds.naming import split_member
 from airflow_curator.core.wds.tarstream import BLOCK, TarScanner, _checksum_ok, _octal
@@ -159,7 +159,7 @@ class TarSource:
         assert self.fd is not None
         data = os.pread(self.fd, size, off)
         if len(data) < size:
-            raise CuratorError(f"{self.url}: bytes {off}+{size} are past the end of the file")
+            raise DataError(f"{self.url}: bytes {off}+{size} are past the end of the file")
         return data
 
     def read(self, locs: Location) -> list[bytes | memoryview]:
@@ -196,9 +196,7 @@ class TarSource:
                 blob = blob[len(v) :]
             return True
         if os.preadv(self.fd, views, start) != at - start:
-            raise CuratorError(
-                f"{self.url}: bytes {start}+{at - start} are past the end of the file"
-            )
+            raise DataError(f"{self.url}: bytes {start}+{at - start} are past the end of the file")
         return True
 
     def get(self, off: int, size: int) -> bytes | memoryview:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from airflow_curator.core.annotate.annotator import Options, annotate_dataset
+from airflow_curator.core.errors import UsageError
 
 HELP = (
     "Decode images with DALI (GPU when there is one), embed images and captions with an open_clip "
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size < 1:
-        raise ValueError("--batch-size must be >= 1")
+        raise UsageError("--batch-size must be >= 1")
     options = Options(
         model=args.model,
         weights=args.weights,

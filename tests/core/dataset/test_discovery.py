@@ -85,7 +85,7 @@ def test_missing_folder(tmp_path):
 def test_bad_parquet_footer(tmp_path):
     touch(tmp_path, "00000.tar")
     touch(tmp_path, "00000.parquet")
-    with pytest.raises(ShardError, match=r"shard 00000: .* not a readable Parquet"):
+    with pytest.raises(ShardError, match=r"shard 00000: .* is not readable Parquet"):
         discover(str(tmp_path))
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_curator.core.dataset.metadata import compare_ids, read_ids, validate_shard
+from airflow_curator.core.dataset.metadata import compare_ids, read_shard_ids, validate_shard
 from airflow_curator.core.errors import ShardError
 from tests.core.wds.fixtures import make_tar
 
@@ -39,19 +39,19 @@ def test_missing_id_column(tmp_path):
     with pytest.raises(
         ShardError, match=r"shard 00003: .* no id column 'key' \(columns: sample_id\)"
     ):
-        read_ids(parquet, "key", "00003")
+        read_shard_ids(parquet, "key", "00003")
 
 
 def test_duplicate_ids(tmp_path):
     _, parquet = shard(tmp_path, ["a", "b"], parquet_ids=["a", "a", "b"])
     with pytest.raises(ShardError, match="duplicate ids: a"):
-        read_ids(parquet, "key", "00003")
+        read_shard_ids(parquet, "key", "00003")
 
 
 def test_null_ids(tmp_path):
     _, parquet = shard(tmp_path, ["a"], parquet_ids=["a", None])
     with pytest.raises(ShardError, match="null ids"):
-        read_ids(parquet, "key", "00003")
+        read_shard_ids(parquet, "key", "00003")
 
 
 def test_parquet_and_tar_differ(tmp_path):

@@ -386,7 +386,8 @@ def test_object_store_gives_the_same_bytes_as_local(src, tmp_path, monkeypatch, 
             samples_per_shard=samples_per_shard,
             old_id_col="old",
         )
-        assert len(reads) == len(ranges) > 0  # every record came out of the batched range reads
+        tar_reads = [r for r in reads if r[1].endswith(".tar")]  # a small Parquet: one read
+        assert len(tar_reads) == len(ranges) > 0  # every record came out of the batched reads
         names = [n for n in sorted(os.listdir(local)) if n[0].isdigit()]
         assert len(names) >= 3
         for n in names:
@@ -415,7 +416,7 @@ def test_metadata_folder_and_input_subset(src, tmp_path):
     meta = tmp_path / "meta"
     meta.mkdir()
     shutil.copy(os.path.join(path, "00001.parquet"), meta / "00001.parquet")
-    with pytest.raises(ShardError, match=r"shard 00000: metadata .*00000\.parquet does not exist"):
+    with pytest.raises(ShardError, match=r"shard 00000: .*00000\.parquet does not exist"):
         plan_reshard(path, str(tmp_path / "o"), "keep", metadata=str(meta))
     planned = plan_reshard(path, str(tmp_path / "o"), "keep", metadata=str(meta), shards="1")
     assert planned["input_shards"] == 1
