@@ -27,11 +27,12 @@ from airflow_curator.core.annotate.weights import WeightsFile, resolve
 from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import check_json_id, compare_ids, read_shard_ids
 from airflow_curator.core.device import pick_device
-from airflow_curator.core.errors import DataError, UsageError
+from airflow_curator.core.errors import DataError, ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import annotations_url
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.wds.index import index_text
+from airflow_curator.core.wds.index import index_text, read_index
+from airflow_curator.core.wds.naming import split_member
 from airflow_curator.core.wds.records import iter_records
 from airflow_curator.core.wds.tarstream import Member
 
@@ -270,17 +271,21 @@ class Annotator:
 
     def _index(self, shard: Shard, good: list[ScannedRecord]) -> str:
         """The DALI index of the usable images; the shard's ``.idx``, when present, must agree."""
-        text, _ = index_text([r.image for r in good], shard.stem)  # type: ignore[misc]
+        images = [r.image for r in good if r.image is not None]
+        text, _ = index_text(images, shard.stem)
         if shard.idx:
             try:
-                keep = {r.image.name for r in good}  # type: ignore[union-attr]
-                lines = storage.read_bytes(shard.idx).decode().splitlines()[1:]
-                theirs = [p for ln in lines for p in _entries(ln) if p.split(" ")[3] in keep]
-                if sorted(theirs) != sorted(text.splitlines()[1:]):
+                theirs = read_index(shard.idx, shard.stem)
+                stale = any(
+                    r.id not in theirs
+                    or (split_member(m.name)[1], m.data_offset, m.size) not in theirs[r.id]
+                    for r, m in zip(good, images, strict=True)
+                )
+                if stale:
                     logger.warning(
                         "shard %s: %s is stale, run `index --force`", shard.stem, shard.idx
                     )
-            except (OSError, IndexError, UnicodeDecodeError) as e:
+            except (OSError, ShardError) as e:
                 logger.warning("shard %s: %s is unreadable (%s)", shard.stem, shard.idx, e)
         return text
 
@@ -339,12 +344,6 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _entries(line: str) -> list[str]:
-    """The ``ext offset size name`` entries of one index line."""
-    parts = line.split(" ")
-    return [" ".join(parts[i : i + 4]) for i in range(0, len(parts) - 3, 4)]
 
 
 def annotate_dataset(

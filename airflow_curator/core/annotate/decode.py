@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_curator.core.errors import UsageError
-from airflow_curator.core.wds.naming import split_member
+from airflow_curator.core.wds.naming import key_id, split_member
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,7 @@ def _source_id(info: Any, tar: str) -> str:
     text = np.array(info).tobytes().decode()
     rest = text[len(tar) + 1 :] if text.startswith(tar + ":") else text.split(":", 1)[-1]
     member = rest.split(":", 1)[-1]
-    key, _ = split_member(member)
-    return key[key.rfind("/") + 1 :]
+    return key_id(split_member(member)[0])
 
 
 def _short(error: BaseException) -> str:

@@ -23,7 +23,7 @@ from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.reshard.plan import FAILED_DOWNLOAD, load_plan
 from airflow_curator.core.wds.records import IMAGE_EXTS
-from airflow_curator.core.wds.tarsource import IndexLocations, scan_locations
+from airflow_curator.core.wds.tarsource import record_locations
 
 logger = logging.getLogger(__name__)
 
@@ -313,11 +313,8 @@ def _thumbnails(man: Manifest, samples: list[Sample]) -> None:
     for stem, group in by_shard.items():
         shard = tars[stem]
         # the same locator reshard uses: the fresh .idx, else one header scan of the tar
-        locations: Any = (
-            IndexLocations(storage.read_bytes(shard.idx).decode(), stem, shard.idx)
-            if shard.idx and shard.idx_fresh
-            else scan_locations(shard.tar, shard.tar_bytes, stem)
-        )
+        idx = shard.idx if shard.idx_fresh else None
+        locations = record_locations(shard.tar, shard.tar_bytes, stem, idx)
         for s in group:
             if s.id not in locations:
                 continue

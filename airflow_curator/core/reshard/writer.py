@@ -35,16 +35,10 @@ from airflow_curator.core.reshard.plan import (
     kept_rows,
     load_plan,
 )
-from airflow_curator.core.wds.index import index_text
+from airflow_curator.core.wds.index import Location, index_text
 from airflow_curator.core.wds.naming import SHARD_EXTS, record_ids
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
-from airflow_curator.core.wds.tarsource import (
-    IndexLocations,
-    Location,
-    TarSource,
-    index_matches,
-    scan_locations,
-)
+from airflow_curator.core.wds.tarsource import TarSource, index_matches, record_locations
 from airflow_curator.core.wds.tarstream import BLOCK
 from airflow_curator.core.wds.tarwriter import TarWriter, slot_size
 from airflow_curator.core.workerpool import worker_pool
@@ -108,19 +102,14 @@ class InputCache:
         source = TarSource(inp.tar, inp.tar_bytes)
         if source.size != inp.tar_bytes:
             raise ShardError(inp.stem, f"{inp.tar} changed after planning: run plan-reshard again")
-        locations: Any = None
-        if inp.idx:
-            text = storage.read_bytes(inp.idx).decode("utf-8", "surrogateescape")
-            locations = IndexLocations(text, inp.stem, inp.idx)
-            if not index_matches(source, locations, [ids[r] for r in rows]):
-                logger.warning(
-                    "shard %s: %s does not match the tar (stale?); scanning the tar instead",
-                    inp.stem,
-                    inp.idx,
-                )
-                locations = None
-        if locations is None:
-            locations = scan_locations(inp.tar, inp.tar_bytes, inp.stem)
+        locations = record_locations(inp.tar, inp.tar_bytes, inp.stem, inp.idx)
+        if inp.idx and not index_matches(source, locations, [ids[r] for r in rows]):
+            logger.warning(
+                "shard %s: %s does not match the tar (stale?); scanning the tar instead",
+                inp.stem,
+                inp.idx,
+            )
+            locations = record_locations(inp.tar, inp.tar_bytes, inp.stem)
         return {"table": table, "ids": ids, "rows": rows, "locations": locations, "source": source}
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
-"""DALI index files (``wds2idx`` v1.2) written by one sequential pass over each tar.
+"""DALI index files (``wds2idx`` v1.2): written by one sequential pass over each tar, and read.
 
 Format: ``v1.2 <samples>`` then one line per sample, ``<ext> <data_offset> <size> <name>`` per
-member. Consecutive members with the same key form a sample, as in DALI's ``wds2idx``; unlike it,
-offsets are the real data offsets for GNU long names and PAX headers too.
+member. Samples are the records of ``records.group_records``, the grouping every reader uses, so
+the index and the readers never disagree on what a record is; unlike DALI's ``wds2idx``, offsets
+are the real data offsets for GNU long names and PAX headers too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from airflow_curator.core.errors import ShardError, TarFormatError
 from airflow_curator.core.io import storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.wds.naming import key_id, split_member
+from airflow_curator.core.wds.records import group_records
 from airflow_curator.core.wds.tarstream import Member, TarScanner, file_cached
 from airflow_curator.core.workerpool import worker_pool
 
@@ -26,37 +29,71 @@ logger = logging.getLogger(__name__)
 
 VERSION = "v1.2"
 _SPACE = re.compile(r"\s")
+Location = list[tuple[str, int, int]]  # a record's members: (ext, data offset, size), by ext
 
 
 def index_text(members: Iterable[Member], shard: str = "?") -> tuple[str, int]:
-    """Index file content and its sample count."""
+    """Index file content and its sample count: one line per record as ``group_records`` makes
+    records (the readers' grouping), its members in tar order."""
     lines: list[str] = []
-    parts: list[str] = []
-    last_key: str | None = None
-    for m in members:
-        name = m.name
-        slash = name.rfind("/") + 1
-        dot = name.find(".", slash)  # split_member, inlined: this runs once per member
-        if dot <= slash or dot == len(name) - 1:
-            # hidden files and extensionless members are not sample parts
-            logger.debug("shard %s: member %r is not part of a sample, not indexed", shard, name)
-            continue
-        if _SPACE.search(name):
+    for record in group_records(((m, None) for m in members), shard):
+        line = " ".join([f"{e} {m.data_offset} {m.size} {m.name}" for e, m in record.parts.items()])
+        if len(line.split()) != 4 * len(record.parts):  # white space in a name
+            name = next(m.name for m in record.parts.values() if _SPACE.search(m.name))
             raise ShardError(shard, f"member name {name!r} has white space: no DALI index for it")
-        key = name[:dot]
-        entry = f"{name[dot + 1 :]} {m.data_offset} {m.size} {name}"
-        if key != last_key:
-            if parts:
-                lines.append(" ".join(parts))
-            parts = [entry]
-            last_key = key
-        else:
-            parts.append(entry)
-    if parts:
-        lines.append(" ".join(parts))
+        lines.append(line)
     if not lines:
         raise ShardError(shard, "tar has no samples to index")
     return f"{VERSION} {len(lines)}\n" + "\n".join(lines) + "\n", len(lines)
+
+
+class IndexLocations(Mapping[str, Location]):
+    """The one reader of ``.idx`` files: record id -> member locations, each line parsed only
+    when asked (most records of a shard are usually filtered out)."""
+
+    def __init__(self, text: str, shard: str, source: str) -> None:
+        self.shard, self.source = shard, source
+        lines = text.split("\n")
+        if not lines or not lines[0].startswith(VERSION):
+            raise ShardError(shard, f"{source} is not a {VERSION} DALI index")
+        self.lines: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            parts = line.split(" ", 4)
+            if len(parts) < 4:
+                raise ShardError(shard, f"{source}: malformed line {line[:120]!r}")
+            rid = key_id(split_member(parts[3])[0])
+            if rid in self.lines:
+                raise ShardError(shard, f"{source}: record {rid} appears twice")
+            self.lines[rid] = line
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self.lines
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.lines)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, rid: str) -> Location:
+        tokens = self.lines[rid].split()
+        if len(tokens) % 4:
+            raise ShardError(self.shard, f"{self.source}: malformed line for record {rid}")
+        try:
+            return sorted(
+                (tokens[i], int(tokens[i + 1]), int(tokens[i + 2]))
+                for i in range(0, len(tokens), 4)
+            )
+        except ValueError:
+            raise ShardError(
+                self.shard, f"{self.source}: malformed line for record {rid}"
+            ) from None
+
+
+def read_index(url: str, shard: str) -> IndexLocations:
+    return IndexLocations(storage.read_bytes(url).decode("utf-8", "surrogateescape"), shard, url)
 
 
 def scan_members(tar_url: str, size: int | None = None, shard: str = "?") -> list[Member]:

@@ -49,9 +49,15 @@ def record_ids(
 
 
 def split_member(name: str) -> tuple[str, str]:
-    """WebDataset key and extension: key is the path up to the first dot of the basename."""
+    """The one member-key function: WebDataset key and extension, the key being the path up to
+    the first dot of the basename (``a.b/0042.seg.png`` -> ``a.b/0042``, ``seg.png``)."""
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
     if dot < 0:
         return name, ""
     return name[:dot], name[dot + 1 :]
+
+
+def key_id(key: str) -> str:
+    """A record's id: its key's basename (``sub/000420031`` -> ``000420031``)."""
+    return key[key.rfind("/") + 1 :]

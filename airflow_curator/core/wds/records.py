@@ -7,13 +7,12 @@ record is the caller's ``handler`` (raise by default), not try/excepts scattered
 from __future__ import annotations
 
 import logging
-import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from airflow_curator.core.errors import ShardError, TarFormatError
 from airflow_curator.core.io import storage
-from airflow_curator.core.wds.naming import split_member
+from airflow_curator.core.wds.naming import key_id, split_member
 from airflow_curator.core.wds.tarstream import Member, TarScanner
 
 logger = logging.getLogger(__name__)
@@ -21,17 +20,15 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
-    """One sample: ``id`` is the key's basename (``000420031``), ``parts`` maps ext -> member."""
+    """One sample: ``key`` is its members' name up to the extension (``sub/000420031``), ``id``
+    the key's basename (``000420031``), ``parts`` maps ext -> member in tar order."""
 
     key: str
+    id: str
     parts: dict[str, Member] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return posixpath.basename(self.key)
 
     def image_ext(self) -> str | None:
         for ext in IMAGE_EXTS:
@@ -39,52 +36,53 @@ class Record:
                 return ext
         return None
 
-    @property
-    def start(self) -> int:
-        return min(m.offset for m in self.parts.values())
-
-    @property
-    def end(self) -> int:
-        return max(m.end for m in self.parts.values())
-
 
 def raise_handler(error: ShardError) -> None:
     raise error
 
 
 def group_records(
-    members: Iterator[tuple[Member, bytes | None]],
+    members: Iterable[tuple[Member, bytes | None]],
     shard: str,
     handler: Callable[[ShardError], None] = raise_handler,
 ) -> Iterator[Record]:
-    """Consecutive members with one key form a record; a key seen again later is an error."""
+    """The one place where members become records, for the indexer, the readers and reshard
+    alike (webdataset's ``group_by_keys``): consecutive members with one key (``split_member``)
+    form a record. A hidden or extensionless member is part of no record. A second member with
+    the same extension, and a record id seen before (its members are not contiguous, or two
+    folders hold that id), are errors for ``handler``."""
     seen: set[str] = set()
     current: Record | None = None
+    current_key, parts = None, {}  # current's, as locals: this loop runs once per member
     for member, data in members:
         key, ext = split_member(member.name)
-        if not ext or not posixpath.basename(key):
+        if key == current_key:
+            if ext in parts:
+                handler(
+                    ShardError(shard, f"record {key_id(key)}: duplicate member {member.name!r}")
+                )
+                continue
+        elif not ext or not key or key[-1] == "/":
             logger.debug("shard %s: member %r is not part of a sample", shard, member.name)
             continue
-        if current is not None and key == current.key:
-            if ext in current.parts:
-                handler(ShardError(shard, f"record {current.id}: duplicate member {member.name!r}"))
-                continue
         else:
             if current is not None:
                 yield current
-            if key in seen:
+            rid = key_id(key)
+            if rid in seen:
                 handler(
                     ShardError(
                         shard,
-                        f"record {posixpath.basename(key)}: members are not "
-                        f"contiguous in the tar (duplicate record)",
+                        f"record {rid}: members are not contiguous in the tar, or two folders "
+                        "hold this id (duplicate record)",
                     )
                 )
-            seen.add(key)
-            current = Record(key)
-        current.parts[ext] = member
+            seen.add(rid)
+            current = Record(key, rid, {}, {})
+            current_key, parts = key, current.parts
+        parts[ext] = member
         if data is not None:
-            current.data[ext] = data
+            current.data[ext] = data  # type: ignore[union-attr]
     if current is not None:
         yield current
 

@@ -1,4 +1,5 @@
-"""Kept input records by id: member locations (input ``.idx`` or a header scan) and byte ranges.
+"""Kept input records by id: member locations (the input ``.idx`` or a header scan, both by
+the one record grouping) and byte ranges.
 
 A local tar is read a record at a time with ``preadv``; an object-store tar in merged ranges, a
 batch of records at a time. An input index is checked cheaply against a local tar before use and
@@ -10,85 +11,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 
-from airflow_curator.core.errors import DataError, ShardError, TarFormatError
+from airflow_curator.core.errors import DataError, TarFormatError
 from airflow_curator.core.io import storage
-from airflow_curator.core.wds.naming import split_member
-from airflow_curator.core.wds.tarstream import BLOCK, TarScanner, _checksum_ok, _octal
+from airflow_curator.core.wds.index import Location, read_index
+from airflow_curator.core.wds.records import iter_records
+from airflow_curator.core.wds.tarstream import BLOCK, _checksum_ok, _octal
 
 logger = logging.getLogger(__name__)
 
-Location = list[tuple[str, int, int]]  # (ext, data offset, size), sorted by ext
 MERGE_GAP = 1 << 20  # read through gaps smaller than this rather than issue another request
-
-
-class IndexLocations:
-    """Record id -> member locations from a DALI v1.2 index, each line parsed only when asked
-    (most records of a shard are usually filtered out)."""
-
-    def __init__(self, text: str, shard: str, source: str) -> None:
-        self.shard, self.source = shard, source
-        lines = text.split("\n")
-        if not lines or not lines[0].startswith("v1.2"):
-            raise ShardError(shard, f"{source} is not a v1.2 DALI index")
-        self.lines: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            parts = line.split(" ", 4)
-            if len(parts) < 4:
-                raise ShardError(shard, f"{source}: malformed line {line[:120]!r}")
-            key = split_member(parts[3])[0]
-            rid = key[key.rfind("/") + 1 :]
-            if rid in self.lines:
-                raise ShardError(shard, f"{source}: record {rid} appears twice")
-            self.lines[rid] = line
-
-    def __contains__(self, rid: str) -> bool:
-        return rid in self.lines
-
-    def __getitem__(self, rid: str) -> Location:
-        tokens = self.lines[rid].split()
-        if len(tokens) % 4:
-            raise ShardError(self.shard, f"{self.source}: malformed line for record {rid}")
-        try:
-            return sorted(
-                (tokens[i], int(tokens[i + 1]), int(tokens[i + 2]))
-                for i in range(0, len(tokens), 4)
-            )
-        except ValueError:
-            raise ShardError(
-                self.shard, f"{self.source}: malformed line for record {rid}"
-            ) from None
 
 
 def scan_locations(tar_url: str, size: int, shard: str) -> dict[str, Location]:
     """Record id -> member locations from one pass over the tar headers."""
-    out: dict[str, Location] = {}
-    last = None
-    with storage.open_read(tar_url) as f:
-        scanner = TarScanner(f, size, source=tar_url)
-        try:
-            for m, _ in scanner.members():
-                key, ext = split_member(m.name)
-                rid = key[key.rfind("/") + 1 :]
-                if not ext or not rid:
-                    continue
-                if rid in out and rid != last:
-                    raise ShardError(shard, f"record {rid}: members are not contiguous in the tar")
-                out.setdefault(rid, []).append((ext, m.data_offset, m.size))
-                last = rid
-        except TarFormatError as e:
-            raise ShardError(shard, str(e)) from None
-        finally:
-            scanner.close()
-    for locs in out.values():
-        locs.sort()
-    return out
+    return {
+        r.id: sorted((ext, m.data_offset, m.size) for ext, m in r.parts.items())
+        for r in iter_records(tar_url, shard, with_data=False, size=size)
+    }
+
+
+def record_locations(
+    tar_url: str, size: int, shard: str, idx_url: str | None = None
+) -> Mapping[str, Location]:
+    """Where each record's members are: from the shard's fresh ``.idx`` when there is one
+    (reshard checks it against the tar with ``index_matches``), else one header scan."""
+    return read_index(idx_url, shard) if idx_url else scan_locations(tar_url, size, shard)
 
 
 def index_matches(
-    source: TarSource, locations: IndexLocations, kept: list[str], checks: int = 64
+    source: TarSource, locations: Mapping[str, Location], kept: list[str], checks: int = 64
 ) -> bool:
     """Cheap check of an input index against its tar: before the first member of evenly spread
     kept records (``checks`` of them) there must be a valid tar header of that member's size. A

@@ -142,3 +142,42 @@ def test_rerun_sweeps_debris_of_a_killed_attempt(tmp_path):
     assert index_dataset(ds)["written"] == 2
     assert not debris.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+AWKWARD = {
+    "split record": [("000.jpg", b"a"), ("001.jpg", b"b"), ("000.txt", b"late")],
+    "duplicate member": [("000.jpg", b"a"), ("000.jpg", b"again")],
+    "one id in two folders": [("a/000.jpg", b"a"), ("b/000.jpg", b"b")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(AWKWARD))
+def test_the_indexer_and_the_readers_refuse_the_same_records(tmp_path, case):
+    from airflow_curator.core.wds.records import iter_records
+    from airflow_curator.core.wds.tarsource import scan_locations
+
+    tar = tmp_path / "00000.tar"
+    tar.write_bytes(make_tar(AWKWARD[case]))
+    errors = set()
+    for read in (
+        lambda: build_index(str(tar), shard="00000"),
+        lambda: list(iter_records(str(tar), "00000")),
+        lambda: scan_locations(str(tar), tar.stat().st_size, "00000"),
+    ):
+        with pytest.raises(ShardError) as e:
+            read()
+        errors.add(str(e.value))
+    assert len(errors) == 1, errors  # one grouping: one verdict, one message
+
+
+def test_the_index_reads_back_as_the_scan_locates(tmp_path):
+    from airflow_curator.core.wds.index import IndexLocations
+    from airflow_curator.core.wds.tarsource import scan_locations
+
+    members = record_members(5, prefix="x/") + [(".hidden", b"h"), ("README", b"r")]
+    tar = tmp_path / "00000.tar"
+    tar.write_bytes(make_tar(members, "pax", mtime=1.5))
+    text, n = build_index(str(tar), shard="00000")
+    assert n == 5
+    located = IndexLocations(text, "00000", "idx")
+    assert dict(located) == scan_locations(str(tar), tar.stat().st_size, "00000")

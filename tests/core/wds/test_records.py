@@ -59,7 +59,8 @@ def test_handler_can_skip_bad_records(tmp_path):
 def test_without_data_gives_offsets_only(tmp_path):
     recs = list(iter_records(write(tmp_path, record_members(2)), "00000", with_data=False))
     assert recs[0].data == {} and recs[0].parts["jpg"].size > 0
-    assert recs[0].start == 0 and recs[1].start == recs[0].end
+    assert recs[0].parts["jpg"].offset == 0
+    assert recs[1].parts["jpg"].offset == recs[0].parts["json"].end  # members back to back
 
 
 def test_truncated_tar_names_the_shard(tmp_path):
