@@ -58,9 +58,6 @@ CURATED_ASSET = Asset(name="curated_image_text_pairs", uri=CURATED)
 DROP_DATE = "(ds if ds is defined and ds else dag_run.run_after | ds)"
 DATASET = "{{ params.dataset or (params.drops ~ '/' ~ " + DROP_DATE + ") }}"
 OUTPUT = "{{ params.output or (params.curated ~ '/' ~ " + DROP_DATE + ") }}"
-# Shown as the mapped task's name in the UI (text, so native rendering keeps "00000" as is).
-SHARDS_LABEL = "shards {{ task.shard_group['label'] }}"
-OUTPUTS_LABEL = "outputs {{ task.shard_group['label'] }}"
 
 
 def _param(name: str) -> str:
@@ -189,13 +186,10 @@ with DAG(
     )
     groups = discover.output
 
-    index = IndexShardsOperator.partial(
-        task_id="index", map_index_template=SHARDS_LABEL, **COMMON
-    ).expand(shard_group=groups)
+    index = IndexShardsOperator.partial(task_id="index", **COMMON).expand(shard_group=groups)
 
     annotate = GpuAnnotateOperator.partial(
         task_id="annotate",
-        map_index_template=SHARDS_LABEL,
         gpus=_param("gpus"),
         pool=GPU_POOL,
         max_active_tis_per_dag=MAX_GPU_TASKS,
@@ -222,25 +216,23 @@ with DAG(
         **COMMON,
     )
     dedup_assign = DedupAssignOperator.partial(
-        task_id="dedup_assign", map_index_template=SHARDS_LABEL, enabled=dedup_on, **COMMON
+        task_id="dedup_assign", enabled=dedup_on, **COMMON
     ).expand(shard_group=groups)
-    dedup_hash = DedupHashOperator.partial(
-        task_id="dedup_hash", map_index_template=SHARDS_LABEL, enabled=dedup_on, **COMMON
-    ).expand(shard_group=groups)
+    dedup_hash = DedupHashOperator.partial(task_id="dedup_hash", enabled=dedup_on, **COMMON).expand(
+        shard_group=groups
+    )
     dedup = SemanticDedupOperator.partial(
         task_id="dedup",
-        map_index_template="clusters {{ task.shard_group['label'] }}",
         enabled=dedup_on,
         options={"eps": _param("dedup_eps")},
         **COMMON,
     ).expand(shard_group=dedup_fit.output)
     dedup_result = DedupResultOperator.partial(
-        task_id="dedup_result", map_index_template=SHARDS_LABEL, enabled=dedup_on, **COMMON
+        task_id="dedup_result", enabled=dedup_on, **COMMON
     ).expand(shard_group=groups)
 
     save_metadata = SaveMetadataOperator.partial(
         task_id="save_metadata",
-        map_index_template=SHARDS_LABEL,
         dedup=dedup_on,
         require=_param("require"),
         trigger_rule="none_failed",  # runs when the dedup stage was skipped
@@ -266,9 +258,7 @@ with DAG(
         **COMMON,
     )
 
-    reshard = ReshardOperator.partial(
-        task_id="reshard", map_index_template=OUTPUTS_LABEL, **COMMON
-    ).expand(shard_group=plan.output)
+    reshard = ReshardOperator.partial(task_id="reshard", **COMMON).expand(shard_group=plan.output)
 
     # Commits also when nothing was kept (no output groups, so no reshard task ran).
     commit = CommitOperator(

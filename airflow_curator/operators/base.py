@@ -11,9 +11,7 @@ step and where its inputs and outputs live in the job layout; nothing else.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -29,7 +27,7 @@ from kubernetes.client import models as k8s
 
 from airflow_curator.operators.local import USAGE_EXIT, LocalRunner, StepFailed
 from airflow_curator.runtime.argv import build_argv
-from airflow_curator.runtime.registry import STEPS, step_parser
+from airflow_curator.runtime.registry import STEPS, accepted_options
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +38,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 STEP_LABEL = "airflow-curator/step"
 GROUP_KEYS = ("shards", "outputs", "clusters")  # input, reshard output, dedup cluster groups
 RESULT_KEY = "result"
-# text around the label: a DAG rendering templates as native objects would turn "00000" into 0
-MAP_INDEX_TEMPLATE = "shards {{ (task.shard_group or {}).get('label', '') }}"
+# What the UI shows of a mapped task, for every kind of group: "shards 00000-00003", "outputs
+# 00000", "clusters 00000-00062" (text around the label: a DAG rendering templates as native
+# objects would turn "00000" into 0).
+MAP_INDEX_TEMPLATE = (
+    "{% set g = task.shard_group or {} %}"
+    f"{{% for key in {list(GROUP_KEYS)!r} if key in g %}}{{{{ key }}}} {{% endfor %}}"
+    "{{ g.get('label', '') }}"
+)
 
 
 def default_execution() -> str:
@@ -51,12 +55,6 @@ def default_execution() -> str:
 
 def default_image() -> str:
     return conf.get("curator", "image", fallback=DEFAULT_IMAGE) or DEFAULT_IMAGE
-
-
-@functools.cache
-def step_actions(step: str) -> dict[str, argparse.Action]:
-    """Option dest -> argparse action of a step (what the step accepts)."""
-    return {a.dest: a for a in step_parser(step)._actions if a.option_strings}
 
 
 class CuratorOperator(KubernetesPodOperator):
@@ -145,7 +143,7 @@ class CuratorOperator(KubernetesPodOperator):
         return {"dataset": self.dataset}
 
     def step_options(self) -> dict[str, Any]:
-        actions = step_actions(self.step)
+        actions = accepted_options(self.step)
         opts = {
             k: v for k, v in self.layout_options().items() if k in actions and v not in (None, "")
         }
@@ -163,7 +161,7 @@ class CuratorOperator(KubernetesPodOperator):
                 continue
             action = actions.get(dest)
             if action is not None and action.nargs == 0 and isinstance(value, str):
-                value = _flag(name, value)
+                value = template_flag(name, value)
             opts[dest] = value
         return opts
 
@@ -319,10 +317,15 @@ def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
-def _flag(name: str, value: str) -> bool:
-    text = value.strip().lower()
+def template_flag(name: str, value: Any) -> bool:
+    """A boolean from a templated field: the one parser for flags, ``enabled`` and ``dedup``.
+    Rendered text too (``"True"``, ``"false"``, ``"on"``); nothing, ``""`` and ``"None"`` (what
+    a null renders to as text) are false."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
     if text in ("true", "1", "yes", "on"):
         return True
-    if text in ("false", "0", "no", "off", "none", ""):
+    if text in ("false", "0", "no", "off", "none", "null", ""):
         return False
-    raise AirflowFailException(f"option {name} is a flag: expected true or false, not {value!r}")
+    raise AirflowFailException(f"{name} is a flag: true or false, not {value!r}")

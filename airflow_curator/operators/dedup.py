@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_curator.operators.base import CuratorOperator
+from airflow_curator.operators.base import CuratorOperator, template_flag
 
 
 class _DedupOperator(CuratorOperator):
@@ -25,7 +25,7 @@ class _DedupOperator(CuratorOperator):
         return {"dataset": self.dataset, "output": self.output_uri}
 
     def execute(self, context: Any) -> Any:
-        if str(self.enabled).strip().lower() in ("false", "0", "no", "off", ""):
+        if not template_flag("enabled", self.enabled):
             raise AirflowSkipException("deduplication is off for this run")
         return super().execute(context)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_curator.core import layout
-from airflow_curator.operators.base import CuratorOperator
+from airflow_curator.operators.base import CuratorOperator, template_flag
 
 
 class ShardDiscoveryOperator(CuratorOperator):
@@ -69,7 +69,7 @@ class SaveMetadataOperator(CuratorOperator):
     def layout_options(self) -> dict[str, Any]:
         if not self.output_uri:
             return {"dataset": self.dataset}
-        dedup = str(self.dedup).strip().lower() in ("true", "1", "yes", "on")
+        dedup = template_flag("dedup", self.dedup)
         annotations = [layout.annotations_url(self.output_uri)]
         require = self.require or []
         if isinstance(require, str):

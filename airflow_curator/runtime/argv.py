@@ -11,16 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_curator.core.errors import UsageError
-from airflow_curator.runtime.registry import step_parser
-
-PROGRAM = "airflow-curator"
+from airflow_curator.runtime.registry import accepted_options
 
 
 def build_argv(step: str, options: Mapping[str, Any], result_json: str | None = None) -> list[str]:
     """``build_argv("index", {"dataset": "gs://b/d", "force": True})`` ->
     ``["index", "--dataset", "gs://b/d", "--force"]`` (no program name: it is the entrypoint)."""
-    parser = step_parser(step)
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    actions = accepted_options(step)
     argv = [step]
     for name, value in options.items():
         dest = name.replace("-", "_")
@@ -33,12 +30,8 @@ def build_argv(step: str, options: Mapping[str, Any], result_json: str | None = 
         if isinstance(action, argparse.BooleanOptionalAction):  # --sync / --no-sync
             argv.append(action.option_strings[0 if value else 1])
             continue
-        if isinstance(action, argparse._StoreTrueAction):
-            if value:
-                argv.append(flag)
-            continue
-        if isinstance(action, argparse._StoreFalseAction):  # e.g. --no-count: count=False
-            if not value:
+        if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false
+            if bool(value) is action.const:  # e.g. --no-count (store_false): count=False
                 argv.append(flag)
             continue
         if isinstance(value, (list, tuple)):

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 from types import ModuleType
+
+PROGRAM = "airflow-curator"
 
 # subcommand -> module in airflow_curator.runtime.steps
 STEPS: dict[str, str] = {
@@ -32,11 +35,21 @@ def step_module(name: str) -> ModuleType:
     return importlib.import_module(f"airflow_curator.runtime.steps.{STEPS[name]}")
 
 
+def _configure(parser: argparse.ArgumentParser, module: ModuleType) -> None:
+    module.add_arguments(parser)
+    parser.add_argument(
+        "--result-json",
+        metavar="PATH",
+        help="write the step's JSON result here (a pod uses /airflow/xcom/return.json); "
+        "default: standard output",
+    )
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``only`` builds just that step's subcommand, so a step's process
     does not import every other step's module (a tenth of a second per process)."""
     parser = argparse.ArgumentParser(
-        prog="airflow-curator",
+        prog=PROGRAM,
         description="Curate image-text WebDataset shards. Each step writes a small JSON result.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -49,17 +62,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             description=module.HELP,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
-        module.add_arguments(p)
-        p.add_argument(
-            "--result-json",
-            metavar="PATH",
-            help="write the step's JSON result here (a pod uses /airflow/xcom/return.json); "
-            "default: standard output",
-        )
+        _configure(p, module)
     return parser
 
 
+@functools.cache
 def step_parser(name: str) -> argparse.ArgumentParser:
-    parser = build_parser(only=name)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    """One step's own parser (what its subcommand parses after the step name)."""
+    module = step_module(name)
+    parser = argparse.ArgumentParser(prog=f"{PROGRAM} {name}", description=module.HELP)
+    _configure(parser, module)
+    return parser
+
+
+@functools.cache
+def accepted_options(name: str) -> dict[str, argparse.Action]:
+    """Option dest -> argparse action of a step: what it accepts, for building its argv. The
+    one place that reads argparse's private ``_actions``."""
+    return {a.dest: a for a in step_parser(name)._actions if a.option_strings}

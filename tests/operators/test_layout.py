@@ -64,10 +64,10 @@ def test_one_operator_per_curation_step():
 
 @pytest.mark.parametrize("cls", OPERATORS)
 def test_layout_gives_every_required_option(cls):
-    from airflow_curator.operators.base import step_actions
+    from airflow_curator.runtime.registry import accepted_options
 
     op = cls(task_id="t", dataset="/in", output_uri="/out")
-    required = {d for d, a in step_actions(op.step).items() if a.required}
+    required = {d for d, a in accepted_options(op.step).items() if a.required}
     missing = required - set(op.step_options())
     assert missing <= {"model"}, f"{op.step} lacks {missing}"  # model: the user's choice
-    assert set(op.step_options()) <= set(step_actions(op.step))
+    assert set(op.step_options()) <= set(accepted_options(op.step))

@@ -48,7 +48,7 @@ def test_annotate_two_shards_then_rerun(tmp_path, tiny):
     r = json.loads(result.read_text())
     assert (r["shards"], r["annotated"], r["records"], r["failed"]) == (2, 2, 20, 6)
     assert [s["shard"] for s in r["per_shard"]] == ["00000", "00001"]
-    assert all(s["images_per_s"] > 0 and len(s["errors"]) == 3 for s in r["per_shard"])
+    assert all(s["records_per_s"] > 0 and len(s["errors"]) == 3 for s in r["per_shard"])
     table = pq.read_table(out / "_work" / "annotations" / "00001.parquet")
     assert table.column_names == [
         "key",

@@ -35,7 +35,10 @@ def step(name: str, tmp_path, **options) -> dict:
     """One step through the CLI entry point, its argv built as the operators build it."""
     result = tmp_path / f"{name}.json"
     assert main(build_argv(name, options, result_json=str(result))) == 0, name
-    return json.loads(result.read_text())
+    out = json.loads(result.read_text())
+    assert out["seconds"] >= 0, name  # every step's result has one shape (core.stats)
+    assert isinstance(out.get("records"), int) == ("records_per_s" in out), name
+    return out
 
 
 def plant_exact_duplicate(dataset: str, annotations: str, stems: list[str]) -> tuple[str, str]:

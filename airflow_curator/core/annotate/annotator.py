@@ -31,6 +31,7 @@ from airflow_curator.core.errors import DataError, ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import annotations_url
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats, per_second
 from airflow_curator.core.wds.index import index_text, read_index
 from airflow_curator.core.wds.naming import split_member
 from airflow_curator.core.wds.records import iter_records
@@ -93,7 +94,7 @@ class Outcome:
         }
         if self.action == "annotated":
             d["seconds"] = round(self.seconds, 3)
-            d["images_per_s"] = round(self.records / max(self.seconds, 1e-9), 1)
+            d["records_per_s"] = per_second(self.records, self.seconds)
             d["errors"] = self.errors
         return d
 
@@ -354,7 +355,7 @@ def annotate_dataset(
     annotator: Annotator | None = None,
 ) -> dict[str, Any]:
     """Annotate the selected shards into ``<output>/_work/annotations``; the step's result."""
-    t0 = time.perf_counter()
+    stats = Stats()
     selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
     annotator = annotator or Annotator(options)
     folder = annotations_url(output)
@@ -378,20 +379,17 @@ def annotate_dataset(
         outcomes.append(outcome)
         progress.update(items=outcome.records if outcome.action == "annotated" else 0)
     done = [o for o in outcomes if o.action == "annotated"]
-    busy = sum(o.seconds for o in done)
-    return {
-        "dataset": dataset,
-        "output": output,
-        "annotations": folder,
-        "device": annotator.device,
-        "model": options.model,
-        "heads": sorted(annotator.head_files),
-        "shards": len(outcomes),
-        "annotated": len(done),
-        "skipped": len(outcomes) - len(done),
-        "records": sum(o.records for o in done),
-        "failed": sum(o.failed for o in done),
-        "images_per_s": round(sum(o.records for o in done) / max(busy, 1e-9), 1) if done else None,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "per_shard": [o.as_dict() for o in outcomes],
-    }
+    return stats.result(
+        dataset=dataset,
+        output=output,
+        annotations=folder,
+        device=annotator.device,
+        model=options.model,
+        heads=sorted(annotator.head_files),
+        shards=len(outcomes),
+        annotated=len(done),
+        skipped=len(outcomes) - len(done),
+        records=sum(o.records for o in done),
+        failed=sum(o.failed for o in done),
+        per_shard=[o.as_dict() for o in outcomes],
+    )

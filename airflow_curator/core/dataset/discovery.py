@@ -10,14 +10,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
 
 logger = logging.getLogger(__name__)
-
-MAX_GROUPS = 1024  # Airflow's default max_map_length
-GROUP_BYTES = 4 << 30  # ~4 shards of 1 GB per mapped task amortises pod start and model load
 
 
 @dataclass
@@ -190,45 +188,18 @@ def _parquet_rows(shard: Shard) -> int:
 def make_groups(
     shards: list[Shard], max_groups: int = MAX_GROUPS, group_bytes: int = GROUP_BYTES
 ) -> list[list[Shard]]:
-    """Contiguous runs of shards balanced by bytes: at most max_groups, each ~group_bytes."""
-    if not shards:
-        return []
-    if max_groups < 1:
-        raise UsageError("max_groups must be >= 1")
-    total = sum(max(s.tar_bytes, 1) for s in shards)
-    n = min(len(shards), max_groups, max(1, -(-total // max(group_bytes, 1))))
-    groups: list[list[Shard]] = []
-    current: list[Shard] = []
-    seen = 0
-    for i, s in enumerate(shards):
-        current.append(s)
-        seen += max(s.tar_bytes, 1)
-        left_shards = len(shards) - i - 1
-        left_groups = n - len(groups) - 1
-        # cut where the running total crosses the next equal share, keeping a shard per group left
-        if left_groups > 0 and (
-            seen * n >= total * (len(groups) + 1) or left_shards == left_groups
-        ):
-            groups.append(current)
-            current = []
-    if current:
-        groups.append(current)
-    return groups
+    """Contiguous runs of shards balanced by tar bytes (``groups.balanced_runs``)."""
+    runs = balanced_runs([s.tar_bytes for s in shards], max_groups, group_bytes)
+    return [shards[r.start : r.stop] for r in runs]
 
 
-def group_value(group: list[Shard], dataset: str, manifest_url: str | None) -> dict[str, Any]:
-    """The small XCom value a mapped task receives."""
-    first, last = group[0].stem, group[-1].stem
-    value: dict[str, Any] = {
-        "shards": format_spec(s.id for s in group),
-        "label": first if first == last else f"{first}-{last}",
-        "count": len(group),
-        "bytes": sum(s.tar_bytes for s in group),
-        "dataset": dataset,
-    }
+def input_group(group: list[Shard], dataset: str, manifest_url: str | None) -> dict[str, Any]:
+    """The small XCom value a mapped task receives for a group of input shards."""
+    extra: dict[str, Any] = {"bytes": sum(s.tar_bytes for s in group), "dataset": dataset}
     if manifest_url:
-        value["manifest"] = manifest_url
-    return value
+        extra["manifest"] = manifest_url
+    ids = [s.id for s in group]
+    return group_value("shards", ids, group[0].stem, group[-1].stem, **extra)
 
 
 def load_manifest(url: str) -> Manifest:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from airflow_curator.core.dataset.metadata import check_ids
 from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def save_metadata(
     merged bytes equal what is there already is not rewritten, so a rerun changes nothing."""
     import pyarrow.compute as pc
 
-    t0 = time.perf_counter()
+    stats = Stats()
     manifest = discover(dataset, count_records=False)
     selected = manifest.select(shards)
     if path is not None:
@@ -259,20 +259,18 @@ def save_metadata(
             "%d shards have their own %r: kept as %r and ANDed with the thresholds",
             len(anded), filter_column, filter_column + INPUT_SUFFIX,
         )  # fmt: skip
-    return {
-        "dataset": dataset,
-        "path": path or dataset,
-        "shards": len(results),
-        "records": sum(r["records"] for r in results),
-        "filter_column": filter_column if passed else None,
-        "passed": sum(passed) if passed else None,
+    input_filter = {"column": filter_column + INPUT_SUFFIX, "shards": len(anded)}
+    return stats.result(
+        dataset=dataset,
+        path=path or dataset,
+        shards=len(results),
+        records=sum(r["records"] for r in results),
+        filter_column=filter_column if passed else None,
+        passed=sum(passed) if passed else None,
         # shards whose metadata brought its own filter column, ANDed with the thresholds
-        "input_filter": {"column": filter_column + INPUT_SUFFIX, "shards": len(anded)}
-        if anded
-        else None,
-        "columns": results[0]["columns"] if results else [],
-        "seconds": round(time.perf_counter() - t0, 3),
-        "per_shard": [
+        input_filter=input_filter if anded else None,
+        columns=results[0]["columns"] if results else [],
+        per_shard=[
             {"shard": r["shard"], "records": r["records"], "passed": r["passed"]} for r in results
         ],
-    }
+    )

@@ -10,7 +10,6 @@ carries the centroids' digest, so dedup refuses assignments made with other cent
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from airflow_curator.core import layout
@@ -20,6 +19,7 @@ from airflow_curator.core.device import pick_device
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def assign_shards(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Write ``assign/NNNNN.parquet`` for the selected shards' annotation files."""
-    t0 = time.perf_counter()
+    stats = Stats()
     cent = load_centroids(output)
     device = pick_device(device)
     folder = annotations or layout.annotations_url(output)
@@ -100,11 +100,10 @@ def assign_shards(
         store.write_file(store.file_url(output, "assign", shard), table, meta, sizes)
         per_shard.append({"shard": shard, "records": len(x)})
         progress.update(items=len(x))
-    return {
-        "output": output,
-        "assign": store.folder_url(output, "assign"),
-        "shards": len(per_shard),
-        "records": sum(s["records"] for s in per_shard),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "per_shard": per_shard,
-    }
+    return stats.result(
+        output=output,
+        assign=store.folder_url(output, "assign"),
+        shards=len(per_shard),
+        records=sum(s["records"] for s in per_shard),
+        per_shard=per_shard,
+    )

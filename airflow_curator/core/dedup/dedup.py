@@ -12,7 +12,6 @@ its presence says the part is done).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from airflow_curator.core import layout
@@ -23,6 +22,7 @@ from airflow_curator.core.device import pick_device
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 from airflow_curator.core.wds.shardspec import format_spec
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> Any |
             col = pf.schema_arrow.get_field_index("cluster")
             for rg in range(pf.num_row_groups):
                 info = pf.metadata.row_group(rg)
-                stats = info.column(col).statistics
-                ours = info.num_rows and stats is not None and stats.has_min_max
-                if ours and int(cent.parts.part_of([stats.min])[0]) == part:
+                column_stats = info.column(col).statistics
+                ours = info.num_rows and column_stats is not None and column_stats.has_min_max
+                if ours and int(cent.parts.part_of([column_stats.min])[0]) == part:
                     tables.append(pf.read_row_group(rg))
     return pa.concat_tables(tables) if tables else None
 
@@ -165,7 +165,7 @@ def dedup_clusters(
         raise UsageError("--block must be >= 1")
     if exact not in EXACT_MODES:
         raise UsageError(f"--exact must be one of {', '.join(EXACT_MODES)}, not {exact!r}")
-    t0 = time.perf_counter()
+    stats = Stats()
     cent = load_centroids(output)
     parts = cent.parts.select(clusters)
     device = pick_device(device)
@@ -187,8 +187,8 @@ def dedup_clusters(
         n = 0
         if table is not None:
             n = table.num_rows
-            rows, stats = dedup_part(table, eps, block, device)
-            totals["largest_cluster"] = max(totals["largest_cluster"], stats["largest_cluster"])
+            rows, found = dedup_part(table, eps, block, device)
+            totals["largest_cluster"] = max(totals["largest_cluster"], found["largest_cluster"])
             del table
         semantic = len(rows)
         hashes = read_part_hashes(hash_files, part, cent.parts) if hash_files else None
@@ -205,15 +205,12 @@ def dedup_clusters(
         totals["semantic"] += semantic
         totals["exact"] += len(rows) - semantic
         progress.update(items=n)
-    seconds = time.perf_counter() - t0
-    return {
-        "output": output,
-        "clusters": clusters or "all",
-        "parts": len(parts),
-        "eps": eps,
-        "exact_pass": bool(hash_files),
-        "device": device,
+    return stats.result(
+        output=output,
+        clusters=clusters or "all",
+        parts=len(parts),
+        eps=eps,
+        exact_pass=bool(hash_files),
+        device=device,
         **totals,
-        "seconds": round(seconds, 3),
-        "records_per_s": round(totals["records"] / max(seconds, 1e-9), 1),
-    }
+    )

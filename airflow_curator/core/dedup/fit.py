@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from airflow_curator.core.device import pick_device
 from airflow_curator.core.errors import DataError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def fit_centroids(
     """Fit and write ``centroids.parquet``; the result lists the cluster groups to expand over."""
     if n_clusters < 1 or parts < 1 or iterations < 1 or sample < 1:
         raise UsageError("--n-clusters, --cluster-groups, --iterations and --sample must be >= 1")
-    t0 = time.perf_counter()
+    stats = Stats()
     annotations = annotations or layout.annotations_url(output)
     files = store.shard_files(annotations, what="annotations")
     if not files:
@@ -226,13 +226,12 @@ def fit_centroids(
         "device": device.split(":")[0],
     }
     cent = save_centroids(store.centroids_url(output), vectors, min(parts, k), meta)
-    return {
-        "output": output,
-        "centroids": store.centroids_url(output),
-        "n_clusters": k,
-        "dim": cent.dim,
-        "sample": len(x),
-        "digest": cent.digest,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "groups": cent.parts.groups(),
-    }
+    return stats.result(
+        output=output,
+        centroids=store.centroids_url(output),
+        n_clusters=k,
+        dim=cent.dim,
+        sample=len(x),
+        digest=cent.digest,
+        groups=cent.parts.groups(),
+    )

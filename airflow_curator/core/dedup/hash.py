@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from typing import Any
 
 from airflow_curator.core import layout
@@ -21,6 +20,7 @@ from airflow_curator.core.dedup import store
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 from airflow_curator.core.wds.records import iter_records
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def hash_shards(
 
     if source not in SOURCES:
         raise UsageError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
-    t0 = time.perf_counter()
+    stats = Stats()
     selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
     annotations = annotations or layout.annotations_url(output)
     progress = Progress("dedup-hash", len(selected), logger=logger)
@@ -124,15 +124,14 @@ def hash_shards(
         store.write_file(store.file_url(output, "hash", shard.stem), table, {"source": used})
         per_shard.append({"shard": shard.stem, "records": len(ids), "source": used})
         progress.update(items=len(ids), nbytes=shard.tar_bytes if used == "tar" else 0)
-    return {
-        "dataset": dataset,
-        "output": output,
-        "hash": store.folder_url(output, "hash"),
-        "shards": len(per_shard),
-        "records": sum(s["records"] for s in per_shard),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "per_shard": per_shard,
-    }
+    return stats.result(
+        dataset=dataset,
+        output=output,
+        hash=store.folder_url(output, "hash"),
+        shards=len(per_shard),
+        records=sum(s["records"] for s in per_shard),
+        per_shard=per_shard,
+    )
 
 
 def read_part_hashes(files: list[store.ShardFile], part: int, parts: store.Parts) -> Any | None:

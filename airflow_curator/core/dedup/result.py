@@ -11,7 +11,6 @@ error, never a silently incomplete column.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from airflow_curator.core import layout
@@ -20,6 +19,7 @@ from airflow_curator.core.dedup.fit import load_centroids
 from airflow_curator.core.errors import DataError, ShardError, UsageError, preview
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def write_results(
     """Write ``result/NNNNN.parquet`` for the selected shards; counts and a few pairs."""
     import pyarrow as pa
 
-    t0 = time.perf_counter()
+    stats = Stats()
     files = store.shard_files(annotations or layout.annotations_url(output), shards, "annotations")
     if not files:
         raise UsageError(f"{annotations or layout.annotations_url(output)}: no annotation files")
@@ -112,17 +112,16 @@ def write_results(
                 )
         per_shard.append({"shard": shard, "records": len(ids), "duplicates": len(marks)})
         progress.update(items=len(ids))
-    return {
-        "output": output,
-        "result": store.folder_url(output, "result"),
-        "column": column,
+    return stats.result(
+        output=output,
+        result=store.folder_url(output, "result"),
+        column=column,
         **settings,
-        "shards": len(per_shard),
-        "records": sum(s["records"] for s in per_shard),
-        "duplicates": sum(s["duplicates"] for s in per_shard),
-        "semantic": kinds["semantic"],
-        "exact": kinds["exact"],
-        "examples": examples,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "per_shard": per_shard,
-    }
+        shards=len(per_shard),
+        records=sum(s["records"] for s in per_shard),
+        duplicates=sum(s["duplicates"] for s in per_shard),
+        semantic=kinds["semantic"],
+        exact=kinds["exact"],
+        examples=examples,
+        per_shard=per_shard,
+    )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.groups import group_value
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import dedup_url
 from airflow_curator.core.wds.naming import shard_id
@@ -155,11 +156,7 @@ class Parts:
         out = []
         for p in range(self.count):
             r = self.clusters(p)
-            out.append({
-                "clusters": f"{r.start}-{r.stop - 1}" if len(r) > 1 else str(r.start),
-                "label": f"{part_name(r.start)}-{part_name(r.stop - 1)}",
-                "count": len(r),
-            })  # fmt: skip
+            out.append(group_value("clusters", r, part_name(r.start), part_name(r.stop - 1)))
         return out
 
 

@@ -124,7 +124,7 @@ def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> str:
         return '<p class="muted">No run record (run.json): per-step throughput is unknown.</p>'
     rows = []
     for step, results in steps.items():
-        records = sum(int(r.get("records") or r.get("samples") or 0) for r in results)
+        records = sum(int(r.get("records") or 0) for r in results)
         failures = sum(int(r.get("failed") or r.get("failures") or 0) for r in results)
         seconds = sum(float(r.get("seconds") or 0) for r in results)
         rate = f"{records / seconds:.1f}" if seconds and records else "–"
@@ -215,15 +215,17 @@ def write_report(output: str, report_url: str | None = None, **options: Any) -> 
     from airflow_curator.core.io import storage
     from airflow_curator.core.layout import REPORT_NAME
     from airflow_curator.core.report.data import gather
+    from airflow_curator.core.stats import Stats
 
+    stats = Stats()
     data = gather(output, **options)
     url = report_url or storage.join(output, REPORT_NAME)
     page = render(data)
     storage.write_bytes(url, page.encode())
-    return {
-        "report": url,
-        "bytes": len(page),
+    return stats.result(
+        report=url,
+        bytes=len(page),
         **data.totals,
-        "output_records": (data.output_manifest or {}).get("records"),
-        "notes": data.notes,
-    }
+        output_records=(data.output_manifest or {}).get("records"),
+        notes=data.notes,
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +24,7 @@ from airflow_curator.core.layout import (
     markers_url,
 )
 from airflow_curator.core.reshard.plan import Plan, load_plan
+from airflow_curator.core.stats import Stats
 from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     """Verify, sweep leftovers, flush, write ``_manifest.json`` and then ``_SUCCESS``.
 
     ``sync=False`` skips the flush to disk of local outputs (for scratch data only)."""
-    t0 = time.perf_counter()
+    stats = Stats()
     plan = load_plan(plan_url)
     markers = check_outputs(plan, verify_hashes)
     removed = leftovers(plan)
@@ -172,14 +172,13 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
         records,
         len(removed),
     )
-    return {
-        "dataset": plan.output,
-        "manifest": manifest_url,
-        "shards": len(markers),
-        "records": records,
-        "bytes": sum(m["files"]["tar"]["size"] for m in markers),
-        "removed": len(removed),
-        "verified_hashes": verify_hashes,
-        "synced": sync,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return stats.result(
+        dataset=plan.output,
+        manifest=manifest_url,
+        shards=len(markers),
+        records=records,
+        bytes=sum(m["files"]["tar"]["size"] for m in markers),
+        removed=len(removed),
+        verified_hashes=verify_hashes,
+        synced=sync,
+    )

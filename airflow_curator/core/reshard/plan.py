@@ -18,19 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airflow_curator.core.dataset.discovery import (
-    GROUP_BYTES,
-    MAX_GROUPS,
-    Shard,
-    discover,
-    make_groups,
-)
+from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_ids
 from airflow_curator.core.errors import DataError, ShardError, UsageError
+from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import SUCCESS, plan_url
+from airflow_curator.core.stats import Stats
 from airflow_curator.core.wds.naming import offset_digits, shard_name
-from airflow_curator.core.wds.shardspec import format_spec
 
 logger = logging.getLogger(__name__)
 
@@ -263,19 +258,13 @@ def output_groups(
     plan: Plan, url: str, max_groups: int = MAX_GROUPS, group_bytes: int = GROUP_BYTES
 ) -> list[dict[str, Any]]:
     """Contiguous runs of output shards balanced by estimated bytes, as small XCom values."""
-    pseudo = [Shard(o.index, o.name, "", max(o.est_bytes, 1)) for o in plan.outputs]
     groups = []
-    for g in make_groups(pseudo, max_groups, group_bytes):
-        first, last = g[0].stem, g[-1].stem
+    for run in balanced_runs([o.est_bytes for o in plan.outputs], max_groups, group_bytes):
+        outs = plan.outputs[run.start : run.stop]
+        numbers, first, last = [o.index for o in outs], outs[0].name, outs[-1].name
+        records, nbytes = sum(o.records for o in outs), sum(o.est_bytes for o in outs)
         groups.append(
-            {
-                "outputs": format_spec(s.id for s in g),
-                "label": first if first == last else f"{first}-{last}",
-                "count": len(g),
-                "records": sum(plan.outputs[s.id].records for s in g),
-                "bytes": sum(s.tar_bytes for s in g),
-                "plan": url,
-            }
+            group_value("outputs", numbers, first, last, records=records, bytes=nbytes, plan=url)
         )
     return groups
 
@@ -291,6 +280,7 @@ def plan_reshard(
 ) -> dict[str, Any]:
     """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
     one already there), return the output groups."""
+    stats = Stats()
     plan = make_plan(dataset, output, filter_column, **kwargs)
     url = plan_url(output)
     text = plan.to_json().encode()
@@ -314,15 +304,15 @@ def plan_reshard(
     else:
         logger.info("%s", message)
     groups = output_groups(plan, url, max_groups, group_bytes)
-    return {
-        "plan": url,
-        "output": output,
-        "records": kept,
-        "input_records": total,
-        "input_shards": len(plan.inputs),
-        "output_shards": len(plan.outputs),
-        "not_written": {FAILED_DOWNLOAD: failed} if failed else {},
-        "empty_inputs": [i.stem for i in plan.inputs if i.kept == 0],
-        "groups": groups,
-        "message": message,
-    }
+    return stats.result(
+        plan=url,
+        output=output,
+        records=kept,
+        input_records=total,
+        input_shards=len(plan.inputs),
+        output_shards=len(plan.outputs),
+        not_written={FAILED_DOWNLOAD: failed} if failed else {},
+        empty_inputs=[i.stem for i in plan.inputs if i.kept == 0],
+        groups=groups,
+        message=message,
+    )

@@ -35,6 +35,7 @@ from airflow_curator.core.reshard.plan import (
     kept_rows,
     load_plan,
 )
+from airflow_curator.core.stats import Stats
 from airflow_curator.core.wds.index import Location, index_text
 from airflow_curator.core.wds.naming import SHARD_EXTS, record_ids
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
@@ -369,7 +370,7 @@ def reshard(
     task redoes only what is missing (rewriting would give the same bytes anyway). Local tars
     are written with direct I/O unless ``direct_io`` is false (e.g. for a network file system
     that would serve it slowly)."""
-    t0 = time.perf_counter()
+    stats = Stats()
     plan = load_plan(plan_url)
     wanted = parse_spec(outputs)
     indexes = [o.index for o in plan.outputs if wanted is None or o.index in wanted]
@@ -405,19 +406,15 @@ def reshard(
                 items=sum(m["records"] for m in batch),
                 nbytes=sum(m["files"]["tar"]["size"] for m in batch),
             )
-    seconds = time.perf_counter() - t0
-    nbytes = sum(m["files"]["tar"]["size"] for m in markers)
-    return {
-        "plan": plan_url,
-        "outputs": format_spec(indexes),
-        "shards": len(markers),
-        "written": len(markers) - len(done),
-        "skipped": len(done),
-        "records": sum(m["records"] for m in markers),
-        "bytes": nbytes,
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 1),
-    }
+    return stats.result(
+        plan=plan_url,
+        outputs=format_spec(indexes),
+        shards=len(markers),
+        written=len(markers) - len(done),
+        skipped=len(done),
+        records=sum(m["records"] for m in markers),
+        bytes=sum(m["files"]["tar"]["size"] for m in markers),
+    )
 
 
 def reshard_dataset(
@@ -435,11 +432,13 @@ def reshard_dataset(
     from airflow_curator.core.reshard.commit import commit
     from airflow_curator.core.reshard.plan import plan_reshard
 
+    stats = Stats()
     planned = plan_reshard(dataset, output, filter_column, **plan_options)
     written = reshard(planned["plan"], workers=workers, direct_io=direct_io)
     committed = commit(planned["plan"], sync=sync)
     return {
         **committed,
+        **stats.result(records=committed["records"], bytes=committed["bytes"]),
         "plan": planned["plan"],
         "input_records": planned["input_records"],
         "written": written["written"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import as_completed
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 from airflow_curator.core.errors import ShardError, TarFormatError
 from airflow_curator.core.io import storage
 from airflow_curator.core.progress import Progress
+from airflow_curator.core.stats import Stats
 from airflow_curator.core.wds.naming import key_id, split_member
 from airflow_curator.core.wds.records import group_records
 from airflow_curator.core.wds.tarstream import Member, TarScanner, file_cached
@@ -115,26 +115,23 @@ def build_index(tar_url: str, size: int | None = None, shard: str = "?") -> tupl
 class IndexOutcome:
     shard: str
     action: str  # written | skipped | verified
-    samples: int
+    records: int
     bytes: int
-    seconds: float
 
 
 def write_index(
     tar_url: str, idx_url: str, size: int | None = None, shard: str = "?"
 ) -> IndexOutcome:
-    t0 = time.perf_counter()
-    text, samples = build_index(tar_url, size, shard)
+    text, records = build_index(tar_url, size, shard)
     storage.write_bytes(idx_url, text.encode())
-    return IndexOutcome(shard, "written", samples, size or 0, time.perf_counter() - t0)
+    return IndexOutcome(shard, "written", records, size or 0)
 
 
 def verify_index(
     tar_url: str, idx_url: str, size: int | None = None, shard: str = "?"
 ) -> IndexOutcome:
     """Check an existing index against its tar; raise naming the first differing line."""
-    t0 = time.perf_counter()
-    expected, samples = build_index(tar_url, size, shard)
+    expected, records = build_index(tar_url, size, shard)
     try:
         actual = storage.read_bytes(idx_url).decode("utf-8", "replace")
     except FileNotFoundError:
@@ -149,7 +146,7 @@ def verify_index(
         raise ShardError(
             shard, f"index {idx_url} has {len(act_lines)} lines, the tar needs {len(exp_lines)}"
         )
-    return IndexOutcome(shard, "verified", samples, size or 0, time.perf_counter() - t0)
+    return IndexOutcome(shard, "verified", records, size or 0)
 
 
 def _index_one(task: tuple[str, str, str, int, str]) -> IndexOutcome:
@@ -170,7 +167,7 @@ def index_dataset(
     """Index (or verify) the selected shards; fresh indexes are skipped unless ``force``."""
     from airflow_curator.core.dataset.discovery import discover
 
-    t0 = time.perf_counter()
+    stats = Stats()
     manifest = discover(dataset, count_records=False, on_invalid="skip")
     selected = manifest.select(shards)
     tasks: list[tuple[str, str, str, int, str]] = []
@@ -180,7 +177,7 @@ def index_dataset(
         if verify:
             tasks.append(("verify", s.tar, idx_url, s.tar_bytes, s.stem))
         elif s.idx_fresh and not force:
-            outcomes.append(IndexOutcome(s.stem, "skipped", 0, 0, 0.0))
+            outcomes.append(IndexOutcome(s.stem, "skipped", 0, 0))
         else:
             tasks.append(("write", s.tar, idx_url, s.tar_bytes, s.stem))
     storage.sweep_temporaries(
@@ -190,24 +187,18 @@ def index_dataset(
     progress.update(len(outcomes))
     for outcome in _run_all(tasks, workers, storage.is_local(dataset)):
         outcomes.append(outcome)
-        progress.update(nbytes=outcome.bytes, items=outcome.samples)
+        progress.update(nbytes=outcome.bytes, items=outcome.records)
     outcomes.sort(key=lambda o: o.shard)
-    seconds = time.perf_counter() - t0
-    nbytes = sum(o.bytes for o in outcomes)
-    return {
-        "dataset": dataset,
-        "shards": len(outcomes),
-        "written": sum(o.action == "written" for o in outcomes),
-        "skipped": sum(o.action == "skipped" for o in outcomes),
-        "verified": sum(o.action == "verified" for o in outcomes),
-        "samples": sum(o.samples for o in outcomes),
-        "bytes": nbytes,
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 1),
-        "per_shard": [
-            {"shard": o.shard, "action": o.action, "samples": o.samples} for o in outcomes
-        ],
-    }
+    return stats.result(
+        dataset=dataset,
+        shards=len(outcomes),
+        written=sum(o.action == "written" for o in outcomes),
+        skipped=sum(o.action == "skipped" for o in outcomes),
+        verified=sum(o.action == "verified" for o in outcomes),
+        records=sum(o.records for o in outcomes),
+        bytes=sum(o.bytes for o in outcomes),
+        per_shard=[{"shard": o.shard, "action": o.action, "records": o.records} for o in outcomes],
+    )
 
 
 def _run_all(

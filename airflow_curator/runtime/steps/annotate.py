@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow_curator.core.annotate.annotator import Options, annotate_dataset
 from airflow_curator.core.errors import UsageError
+from airflow_curator.runtime import options
 
 HELP = (
     "Decode images with DALI (GPU when there is one), embed images and captions with an open_clip "
@@ -15,11 +16,9 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="dataset folder URI")
-    p.add_argument(
-        "--output", required=True, help="job output URI (annotations go to OUTPUT/_work)"
-    )
-    p.add_argument("--shards", help="only these shard numbers, e.g. 0-3 (default: all)")
+    options.dataset(p)
+    options.output(p, "job output URI (annotations go to OUTPUT/_work/annotations)")
+    options.shards(p)
     p.add_argument(
         "--model",
         required=True,
@@ -42,10 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="LAION CLIP-based NSFW detector as a PyTorch state dict (URI), or 'none'",
     )
     p.add_argument("--nsfw-sha256", help="pin --nsfw-weights to this sha256")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    options.device(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per model batch")
-    p.add_argument("--id-col", default="key", help="id column of the Parquet and the .json")
-    p.add_argument("--force", action="store_true", help="annotate shards that are already done")
+    options.id_col(p)
+    options.force(p, "annotate shards that are already done")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

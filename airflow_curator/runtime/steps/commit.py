@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from airflow_curator.runtime import options
+
 HELP = (
     "Finish a reshard: check every planned output shard, remove leftovers of failed attempts, "
     "write _manifest.json (counts, sizes, sha256) and the _SUCCESS marker last."
@@ -12,22 +14,13 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plan", required=True, help="plan URI written by plan-reshard")
+    options.plan(p)
     p.add_argument(
         "--verify-hashes",
         action="store_true",
         help="re-read every output file and check its sha256 (otherwise: sizes and markers)",
     )
-    add_sync_argument(p)
-
-
-def add_sync_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--sync",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="flush local output files to disk before writing _SUCCESS",
-    )
+    options.sync(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.runtime.steps.dedupargs import add_device_argument, add_job_arguments
+from airflow_curator.runtime import options
 
 HELP = (
     "Mark near-duplicate images within each cluster of the selected cluster groups (cosine "
@@ -15,7 +15,8 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, shards=False, id_col=False)
+    options.output(p)
+    options.annotations(p)
     p.add_argument(
         "--clusters",
         help="cluster ids, whole groups as dedup-fit returned them, e.g. 0-62 (default: all)",
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--exact", choices=("auto", "on", "off"), default="auto",
         help="exact duplicates from dedup-hash: auto when its files exist",
     )  # fmt: skip
-    add_device_argument(p)
+    options.device(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.runtime.steps.dedupargs import add_device_argument, add_job_arguments
+from airflow_curator.runtime import options
 
 HELP = (
     "Assign the records of the selected shards to their nearest centroid; writes "
@@ -14,8 +14,11 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p)
-    add_device_argument(p)
+    options.output(p)
+    options.shards(p)
+    options.annotations(p)
+    options.id_col(p)
+    options.device(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.runtime.steps.dedupargs import add_device_argument, add_job_arguments
+from airflow_curator.runtime import options
 
 HELP = (
     "Fit k-means centroids to a seeded sample of the image embeddings in the annotations; writes "
@@ -14,7 +14,8 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, shards=False, id_col=False)
+    options.output(p)
+    options.annotations(p)
     p.add_argument("--n-clusters", type=int, default=1000, help="k-means clusters")
     p.add_argument(
         "--cluster-groups", type=int, default=16,
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=20, help="k-means iterations at most")
     p.add_argument("--sample", type=int, default=100_000, help="embeddings to fit on")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and initial centroids")
-    add_device_argument(p)
+    options.device(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.runtime.steps.dedupargs import add_job_arguments
+from airflow_curator.runtime import options
 
 HELP = (
     "Write OUTPUT/_work/dedup/result/NNNNN.parquet per shard (id, is_unique, duplicate_of), an "
@@ -14,7 +14,10 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p)
+    options.output(p)
+    options.shards(p)
+    options.annotations(p)
+    options.id_col(p)
     p.add_argument("--column", default="is_unique", help="name of the boolean result column")
 
 

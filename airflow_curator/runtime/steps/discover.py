@@ -6,30 +6,22 @@ import argparse
 from typing import Any
 
 from airflow_curator.core.dataset.discovery import (
-    GROUP_BYTES,
-    MAX_GROUPS,
     discover,
-    group_value,
+    input_group,
     make_groups,
     save_manifest,
 )
+from airflow_curator.core.stats import Stats
+from airflow_curator.runtime import options
 
 HELP = "Find the shards of a dataset, write its manifest and split it into groups for mapping."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="dataset folder URI (local path, gs://, ...)")
+    options.dataset(p)
     p.add_argument("--manifest", help="where to write the dataset manifest JSON")
-    p.add_argument(
-        "--max-groups",
-        type=int,
-        default=MAX_GROUPS,
-        help="at most this many groups (Airflow's max_map_length)",
-    )
-    p.add_argument(
-        "--group-bytes", type=int, default=GROUP_BYTES, help="target tar bytes per group"
-    )
-    p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120")
+    options.groups(p, "shard")
+    options.shards(p)
     p.add_argument(
         "--on-invalid",
         choices=("error", "skip"),
@@ -45,20 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    stats = Stats()
     manifest = discover(args.dataset, count_records=args.count, on_invalid=args.on_invalid)
     if args.shards:
         manifest.shards = manifest.select(args.shards)
     if args.manifest:
         save_manifest(manifest, args.manifest)
     groups = make_groups(manifest.shards, args.max_groups, args.group_bytes)
-    return {
-        "dataset": args.dataset,
-        "manifest": args.manifest,
-        "shards": len(manifest.shards),
-        "records": manifest.records,
-        "bytes": manifest.bytes,
-        "skipped": manifest.skipped,
-        "ignored": len(manifest.ignored),
-        "indexed": sum(1 for s in manifest.shards if s.idx_fresh),
-        "groups": [group_value(g, args.dataset, args.manifest) for g in groups],
-    }
+    return stats.result(
+        dataset=args.dataset,
+        manifest=args.manifest,
+        shards=len(manifest.shards),
+        records=manifest.records,
+        bytes=manifest.bytes,
+        skipped=manifest.skipped,
+        ignored=len(manifest.ignored),
+        indexed=sum(1 for s in manifest.shards if s.idx_fresh),
+        groups=[input_group(g, args.dataset, args.manifest) for g in groups],
+    )

@@ -6,24 +6,23 @@ import argparse
 from typing import Any
 
 from airflow_curator.core.report.page import write_report
+from airflow_curator.runtime import options
 
 HELP = "Write the curation report (counts, score histograms, thumbnails) next to the output."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", required=True, help="the curated output folder URI")
+    options.output(p, "the curated output folder URI")
     p.add_argument("--report", help="where to write the page (default: OUTPUT/report.html)")
-    p.add_argument("--metadata", help="merged metadata folder (default: OUTPUT/_work/metadata)")
+    options.metadata(p, "merged metadata folder (default: OUTPUT/_work/metadata)")
     p.add_argument("--manifest", help="dataset manifest (default: OUTPUT/_work/manifest.json)")
     p.add_argument(
         "--run-json",
         help="run record with params and step results (default: OUTPUT/_work/run.json)",
     )
-    p.add_argument("--filter-column", default="passes_curation", help="kept/dropped column")
-    p.add_argument("--id-col", default="key", help="record id column")
-    p.add_argument("--min-aesthetic", type=float, help="threshold to draw (default: run params)")
-    p.add_argument("--max-nsfw", type=float, help="threshold to draw (default: run params)")
-    p.add_argument("--min-clip-score", type=float, help="threshold to draw (default: run params)")
+    options.filter_column(p, "the kept/dropped column")
+    options.id_col(p)
+    options.thresholds(p, "draw the threshold {rule} (default: the run's params)")
     p.add_argument("--samples", type=int, default=12, help="thumbnails per random grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the random grids")
 

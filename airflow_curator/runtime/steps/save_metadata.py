@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from airflow_curator.runtime import options
+
 HELP = (
     "Merge per-shard annotations into the shards' metadata Parquet by record id, optionally "
     "keep a subset of columns and write a boolean curation filter column from thresholds."
@@ -12,7 +14,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="dataset folder URI")
+    options.dataset(p)
     p.add_argument(
         "--annotations",
         required=True,
@@ -24,21 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="folder for the merged NNNNN.parquet; omitted: replace the dataset's own, atomically",
     )
     p.add_argument("--columns", help="keep only these columns, comma separated (id always kept)")
-    p.add_argument("--id-col", default="key", help="record id column")
-    p.add_argument("--min-aesthetic", type=float, help="keep if aesthetic_score >= this")
-    p.add_argument("--max-nsfw", type=float, help="keep if nsfw_score <= this")
-    p.add_argument("--min-clip-score", type=float, help="keep if clip_score >= this")
-    p.add_argument(
-        "--filter-column", default="passes_curation", help="name of the boolean filter column"
-    )
+    options.id_col(p)
+    options.thresholds(p, "pass if {rule}")
+    options.filter_column(p, "name of the boolean filter column")
     p.add_argument(
         "--require",
         action="append",
         default=[],
         help="a boolean column that must be true to pass (e.g. is_unique); repeatable",
     )
-    p.add_argument("--shards", help="only these shard numbers, e.g. 0-99,120; omitted: all")
-    p.add_argument("--workers", type=int, default=8, help="shards merged in parallel (threads)")
+    options.shards(p)
+    options.workers(p, "shards merged in parallel (threads)", default=8)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from airflow_curator.runtime.steps.commit import add_sync_argument
-from airflow_curator.runtime.steps.plan_reshard import add_plan_arguments, plan_options
-from airflow_curator.runtime.steps.reshard import add_writer_arguments
+from airflow_curator.runtime import options
 
 HELP = (
     "Reshard a dataset in one process: plan, write every output shard with parallel writers, "
@@ -17,9 +15,9 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_plan_arguments(p)
-    add_writer_arguments(p)
-    add_sync_argument(p)
+    options.reshard_plan(p)
+    options.writers(p)
+    options.sync(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -32,5 +30,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         workers=args.workers,
         sync=args.sync,
         direct_io=args.direct_io,
-        **plan_options(args),
+        **options.plan_options(args),
     )

@@ -96,7 +96,7 @@ def test_rows_follow_parquet_ids_with_errors_flagged(annotated):
         values = dict(zip(ids, table.column(col).to_pylist()))
         assert all((values[rid] is None) == (rid in bad) for rid in ids), col
     assert result["records"] == len(kinds) and result["failed"] == len(bad)
-    assert result["per_shard"][0]["failed"] == len(bad) and result["images_per_s"] > 0
+    assert result["per_shard"][0]["failed"] == len(bad) and result["records_per_s"] > 0
 
 
 def test_embeddings_and_scores_belong_to_their_record(annotated, annotator):

@@ -10,7 +10,7 @@ from airflow_curator.core.dataset.discovery import (
     Manifest,
     Shard,
     discover,
-    group_value,
+    input_group,
     load_manifest,
     make_groups,
     save_manifest,
@@ -144,7 +144,7 @@ def test_group_bytes_sets_the_count():
 
 def test_group_value_is_small():
     groups = make_groups(shards([1 << 30] * 50000), max_groups=1024, group_bytes=1)
-    value = group_value(
+    value = input_group(
         groups[10], "gs://bucket/some/dataset/2026-11-24", "gs://bucket/out/_work/manifest.json"
     )
     assert value["label"] == f"{groups[10][0].stem}-{groups[10][-1].stem}"

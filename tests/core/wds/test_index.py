@@ -88,7 +88,7 @@ def test_dataset_skips_fresh_and_forces(tmp_path):
     ds = str(tmp_path)
     write_sample_dataset(ds, shards=3, records_per_shard=4, image_bytes=100)
     first = index_dataset(ds)
-    assert (first["written"], first["skipped"], first["samples"]) == (3, 0, 12)
+    assert (first["written"], first["skipped"], first["records"]) == (3, 0, 12)
     again = index_dataset(ds)
     assert (again["written"], again["skipped"]) == (0, 3)
     forced = index_dataset(ds, "1", force=True)
