@@ -60,7 +60,7 @@ def main() -> int:
 
     import pyarrow.parquet as pq
 
-    from airflow_curator.testing.annotations import write_annotation_sample
+    from airflow_curator.testing.annotations import write_synthetic_annotations
 
     out = scratch_dir(args.dir, "bench-dedup-")
     ann = os.path.join(out, "_work", "annotations")
@@ -68,7 +68,7 @@ def main() -> int:
     planted_file = os.path.join(out, "planted.json")
     if len(glob.glob(os.path.join(ann, "*.parquet"))) != shards or not os.path.exists(planted_file):
         t0 = time.perf_counter()
-        planted = write_annotation_sample(
+        planted = write_synthetic_annotations(
             ann, shards, args.records // shards, dim=args.dim, centers=args.centers,
             dup_fraction=args.dup_fraction, seed=0,
         )  # fmt: skip

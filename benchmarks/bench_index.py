@@ -28,12 +28,12 @@ def main() -> int:
     p.add_argument("--dir", help="dataset folder to (re)use; default a temp dir")
     args = p.parse_args()
 
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
     folder = scratch_dir(args.dir, "bench-index-")
     tars = sorted(glob.glob(os.path.join(folder, "*.tar")))
     if len(tars) != args.shards:
-        write_sample_dataset(
+        write_demo_dataset(
             folder,
             shards=args.shards,
             records_per_shard=args.records // args.shards,

@@ -55,9 +55,9 @@ def make_dataset(folder: str, args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
     from airflow_curator.core.wds.index import index_dataset
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
-    write_sample_dataset(
+    write_demo_dataset(
         folder,
         shards=args.shards,
         records_per_shard=args.records // args.shards,

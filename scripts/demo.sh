@@ -24,15 +24,15 @@ echo "demo folder: $demo (Airflow and step logs: $log)"
 echo "1/3 migrating the Airflow database (SQLite)..."
 .venv/bin/airflow db migrate >>"$log" 2>&1
 
-echo "2/3 generating a sample dataset (4 shards x 16 records) and a tiny CLIP model..."
+echo "2/3 generating a demo dataset (4 shards x 16 records) and a tiny CLIP model..."
 .venv/bin/python - "$demo" >>"$log" 2>&1 <<'EOF'
 import sys
 
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 from airflow_curator.testing.models import write_tiny_models
 
 demo = sys.argv[1]
-write_sample_dataset(f"{demo}/drops/sample", shards=4, records_per_shard=16, seed=7)
+write_demo_dataset(f"{demo}/drops/demo", shards=4, records_per_shard=16, seed=7)
 write_tiny_models(f"{demo}/models")
 EOF
 
@@ -52,8 +52,8 @@ if bag.import_errors:
 dag = bag.get_dag("curate_image_text_pairs")
 models = f"{demo}/models"
 conf = {
-    "dataset": f"{demo}/drops/sample",
-    "output": f"{demo}/curated/sample",
+    "dataset": f"{demo}/drops/demo",
+    "output": f"{demo}/curated/demo",
     "execution": "local",
     "model": f"{models}/tiny-clip.json",
     "weights": f"{models}/tiny-clip.pt",
@@ -89,7 +89,7 @@ out = run["output"]
 manifest = json.load(open(f"{out}/_manifest.json"))
 table = pq.read_table(f"{out}/00000.parquet")
 print(f"\nDAG run {run['run_id']}: {run['state']}")
-print(f"input:   {demo}/drops/sample (4 shards, 64 records)")
+print(f"input:   {demo}/drops/demo (4 shards, 64 records)")
 print(f"curated: {out}")
 print(f"  {manifest['records']} records kept in {len(manifest['shards'])} shards"
       f" ({manifest['bytes']} bytes; tar + parquet + DALI idx each), _SUCCESS written")

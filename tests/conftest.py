@@ -34,10 +34,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def sample_dataset(tmp_path):
+def demo_dataset(tmp_path):
     """Two shards of 6 real JPEG records each; returns (path, ids)."""
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
     path = str(tmp_path / "dataset")
-    ids = write_sample_dataset(path, shards=2, records_per_shard=6, seed=1)
+    ids = write_demo_dataset(path, shards=2, records_per_shard=6, seed=1)
     return path, ids

@@ -6,7 +6,7 @@ import pytest
 
 from airflow_curator import ImageTextPairDataset
 from airflow_curator.annotation import AestheticClassifier, ClipImageEmbedder, NsfwClassifier
-from tests.core.annotate.fixtures import write_awkward_shard
+from airflow_curator.testing.awkward import write_awkward_shard
 
 pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
@@ -45,7 +45,7 @@ def test_embedder_and_classifiers_join_scores_by_id(tmp_path):
     assert first.clip is second.clip  # one model for both passes
 
 
-def test_classifier_needs_embeddings_first(sample_dataset):
-    dataset = ImageTextPairDataset.from_webdataset(sample_dataset[0])
+def test_classifier_needs_embeddings_first(demo_dataset):
+    dataset = ImageTextPairDataset.from_webdataset(demo_dataset[0])
     with pytest.raises(TypeError, match="ClipImageEmbedder first"):
         AestheticClassifier()(dataset)

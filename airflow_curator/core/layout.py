@@ -17,10 +17,6 @@ PLAN_NAME = "reshard-plan.json"
 MARKERS = "reshard"  # O/_work/reshard/NNNNN.json: one per written output shard
 
 
-def work_url(output: str) -> str:
-    return join(output, WORK)
-
-
 def manifest_url(output: str) -> str:
     """The input dataset's manifest written by discover."""
     return join(output, WORK, "manifest.json")

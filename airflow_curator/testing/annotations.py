@@ -46,7 +46,7 @@ def _neg(rid: str) -> tuple[int, ...]:
     return tuple(-ord(c) for c in rid)
 
 
-def write_annotation_sample(
+def write_synthetic_annotations(
     folder: str,
     shards: int = 2,
     records_per_shard: int = 100,

@@ -65,7 +65,7 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float = 0) -
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_sample_dataset(
+def write_demo_dataset(
     url: str,
     shards: int = 2,
     records_per_shard: int = 20,
@@ -111,5 +111,5 @@ def write_sample_dataset(
         out = io.BytesIO()
         pq.write_table(pa.table(rows), out)
         storage.write_bytes(storage.join(url, f"{stem}.parquet"), out.getvalue())
-        logger.info("sample shard %s: %d records", stem, records_per_shard)
+        logger.info("demo shard %s: %d records", stem, records_per_shard)
     return all_ids

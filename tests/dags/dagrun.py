@@ -101,14 +101,14 @@ def main(work: str) -> dict[str, Any]:
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
     report: dict[str, Any] = {"migrate_s": round(time.perf_counter() - t0, 1)}
 
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
     from airflow_curator.testing.models import write_tiny_models
 
     drops, curated = os.path.join(work, "drops"), os.path.join(work, "curated")
     dataset = os.path.join(drops, "manual")
-    report["ids"] = write_sample_dataset(dataset, shards=3, records_per_shard=8, seed=3)
+    report["ids"] = write_demo_dataset(dataset, shards=3, records_per_shard=8, seed=3)
     plant_exact_duplicate(dataset, "000000000", "000020001")
-    report["backfill_ids"] = write_sample_dataset(
+    report["backfill_ids"] = write_demo_dataset(
         os.path.join(drops, BACKFILL_DATE), shards=2, records_per_shard=5, seed=4
     )
     models = write_tiny_models(os.path.join(work, "models"))

@@ -30,7 +30,6 @@ OPERATORS = [
 @pytest.mark.parametrize("output", ["/data/out", "gs://bucket/curated/2026-03-01/"])
 def test_layout_is_under_the_work_folder(output):
     base = output.rstrip("/")
-    assert layout.work_url(output) == f"{base}/_work"
     assert layout.annotations_url(output) == f"{base}/_work/annotations"
     assert layout.plan_url(output) == f"{base}/_work/reshard-plan.json"
     assert layout.manifest_url(output) == f"{base}/_work/manifest.json"

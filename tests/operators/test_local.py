@@ -23,8 +23,8 @@ class FakeTI:
         self.pushed[key] = value
 
 
-def test_discover_returns_groups_and_pushes_the_full_result(sample_dataset, tmp_path):
-    path, ids = sample_dataset
+def test_discover_returns_groups_and_pushes_the_full_result(demo_dataset, tmp_path):
+    path, ids = demo_dataset
     out = str(tmp_path / "out")
     op = ShardDiscoveryOperator(
         task_id="discover",
@@ -43,8 +43,8 @@ def test_discover_returns_groups_and_pushes_the_full_result(sample_dataset, tmp_
     assert [s.id for s in manifest.shards] == [0, 1]
 
 
-def test_index_works_on_its_group_only(sample_dataset):
-    path, _ = sample_dataset
+def test_index_works_on_its_group_only(demo_dataset):
+    path, _ = demo_dataset
     op = IndexShardsOperator(
         task_id="index",
         dataset=path,
@@ -70,8 +70,8 @@ def test_a_failing_step_fails_the_task_with_its_reason(tmp_path):
     assert "nope" in str(e.value)
 
 
-def test_bad_arguments_fail_without_retry(sample_dataset):
-    path, _ = sample_dataset
+def test_bad_arguments_fail_without_retry(demo_dataset):
+    path, _ = demo_dataset
     op = IndexShardsOperator(
         task_id="index", dataset=path, execution="local", options={"workers": "many"}
     )
@@ -81,8 +81,8 @@ def test_bad_arguments_fail_without_retry(sample_dataset):
         IndexShardsOperator(task_id="i", dataset=path, options={"colour": "red"}).argv()
 
 
-def test_flags_and_empty_values_from_forms(sample_dataset):
-    path, _ = sample_dataset
+def test_flags_and_empty_values_from_forms(demo_dataset):
+    path, _ = demo_dataset
     op = IndexShardsOperator(
         task_id="index", dataset=path, options={"force": "false", "verify": "True", "workers": ""}
     )
@@ -121,7 +121,7 @@ def test_commit_emits_the_asset_event_with_counts(monkeypatch):
     assert events[asset].extra == {**result, "output": "/o"}
 
 
-def test_gcp_connection_key_file_reaches_the_step(monkeypatch, sample_dataset):
+def test_gcp_connection_key_file_reaches_the_step(monkeypatch, demo_dataset):
     keyfile = {"type": "service_account", "project_id": "p"}
     monkeypatch.setenv(
         "AIRFLOW_CONN_GCS_TEST",
@@ -142,7 +142,7 @@ def test_gcp_connection_key_file_reaches_the_step(monkeypatch, sample_dataset):
         return {}
 
     monkeypatch.setattr(LocalRunner, "run", fake_run)
-    path, _ = sample_dataset
+    path, _ = demo_dataset
     op = IndexShardsOperator(task_id="i", dataset=path, execution="local", gcp_conn_id="gcs_test")
     op.execute({})
     assert seen["key"] == keyfile and seen["mode"] == 0o600
@@ -158,8 +158,8 @@ def test_runner_reports_the_last_error_line(tmp_path):
     assert e.value.reason.startswith("airflow-curator discover: error:")
 
 
-def test_store_false_flags_follow_their_value(sample_dataset):
-    path, _ = sample_dataset
+def test_store_false_flags_follow_their_value(demo_dataset):
+    path, _ = demo_dataset
     off = ShardDiscoveryOperator(task_id="d", dataset=path, options={"count": False})
     on = ShardDiscoveryOperator(task_id="d", dataset=path, options={"count": "true"})
     assert off.argv() == ["discover", "--dataset", path, "--no-count"]

@@ -11,7 +11,7 @@ from airflow_curator.core.dataset.metadata import read_shard_ids, validate_shard
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.wds.index import index_dataset
 from airflow_curator.core.wds.records import iter_records
-from tests.img2dataset_like import write_img2dataset_like
+from airflow_curator.testing.img2dataset import write_img2dataset_like
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.img2dataset_like import SCHEMA, write_img2dataset_like
+from airflow_curator.testing.img2dataset import SCHEMA, write_img2dataset_like
 from tests.reliability.pipeline import cli, steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_curator.testing.dataset import write_sample_dataset
-from tests.reliability.corpus import (
+from airflow_curator.testing.dataset import write_demo_dataset
+from airflow_curator.testing.faults import (
     SHARD_FAULTS,
     image_faults,
     write_image_faults,
@@ -95,7 +95,7 @@ def test_shard_fault_is_a_clear_error(tmp_path, models, fault):
 
 
 def test_garbage_after_the_tar_is_ignored(tmp_path, models):
-    write_sample_dataset(str(tmp_path / "in"), shards=2, records_per_shard=4, seed=1)
+    write_demo_dataset(str(tmp_path / "in"), shards=2, records_per_shard=4, seed=1)
     tar = tmp_path / "in/00001.tar"
     tar.write_bytes(tar.read_bytes() + os.urandom(3000))
     job(tmp_path, models)
@@ -106,7 +106,7 @@ def test_garbage_after_the_tar_is_ignored(tmp_path, models):
 
 def test_hostile_member_names_never_escape_the_output(tmp_path, models):
     root = tmp_path / "deep" / "job"
-    write_sample_dataset(str(root / "in"), shards=1, records_per_shard=4, seed=2)
+    write_demo_dataset(str(root / "in"), shards=1, records_per_shard=4, seed=2)
     tar = root / "in/00000.tar"
     original = members(tar)
     names = list(original)
@@ -129,7 +129,7 @@ def test_shell_metacharacters_in_params_never_reach_a_shell(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     weird = tmp_path / "in $(touch PWNED); `touch PWNED2` | rm -rf x & 'q\" *"
-    write_sample_dataset(str(weird), shards=1, records_per_shard=2)
+    write_demo_dataset(str(weird), shards=1, records_per_shard=2)
     result = LocalRunner().run(build_argv("index", {"dataset": str(weird)}))
     assert result["written"] == 1 and result["dataset"] == str(weird)
     assert not list(tmp_path.glob("PWNED*")) and (weird / "00000.idx").exists()
@@ -137,7 +137,7 @@ def test_shell_metacharacters_in_params_never_reach_a_shell(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("inside", ["", "curated"])
 def test_output_equal_to_or_inside_the_input_is_refused(tmp_path, models, inside):
-    write_sample_dataset(str(tmp_path / "in"), shards=1, records_per_shard=3)
+    write_demo_dataset(str(tmp_path / "in"), shards=1, records_per_shard=3)
     argv = job(tmp_path, models, until="save-metadata")
     out = str(tmp_path / "in" / inside) if inside else str(tmp_path / "in")
     plan = argv["plan-reshard"]
@@ -151,9 +151,9 @@ def test_output_equal_to_or_inside_the_input_is_refused(tmp_path, models, inside
 
 def test_stale_index_is_never_trusted(tmp_path, models):
     """The tar is rewritten after its index, and the stale index even looks newer."""
-    write_sample_dataset(str(tmp_path / "in"), shards=1, records_per_shard=5, seed=1)
+    write_demo_dataset(str(tmp_path / "in"), shards=1, records_per_shard=5, seed=1)
     cli("index", "--dataset", str(tmp_path / "in"))
-    write_sample_dataset(
+    write_demo_dataset(
         str(tmp_path / "in"), shards=1, records_per_shard=5, seed=9, image_size=(80, 72)
     )
     idx = tmp_path / "in/00000.idx"

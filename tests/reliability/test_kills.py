@@ -25,13 +25,13 @@ TRIALS = int(os.environ.get("CURATOR_KILL_TRIALS", "3"))
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Per writing step: the folder just before it, the reference after it, its write window."""
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
     from airflow_curator.testing.models import write_tiny_models
 
     base = tmp_path_factory.mktemp("kills")
     root = base / "job"
     models = write_tiny_models(str(base / "models"))
-    write_sample_dataset(str(root / "in"), shards=3, records_per_shard=30, seed=5)
+    write_demo_dataset(str(root / "in"), shards=3, records_per_shard=30, seed=5)
     argv = steps(root, models)
     before: dict[str, Path] = {}
     after: dict[str, dict[str, str]] = {}

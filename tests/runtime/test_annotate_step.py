@@ -8,7 +8,7 @@ import pytest
 
 from airflow_curator.runtime.argv import build_argv
 from airflow_curator.runtime.cli import main
-from tests.core.annotate.fixtures import write_awkward_shard
+from airflow_curator.testing.awkward import write_awkward_shard
 
 pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")

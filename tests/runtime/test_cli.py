@@ -24,8 +24,8 @@ def test_help_for_every_step():
         assert "--result-json" in proc.stdout
 
 
-def test_discover_then_index_round_trip(sample_dataset, tmp_path):
-    path, ids = sample_dataset
+def test_discover_then_index_round_trip(demo_dataset, tmp_path):
+    path, ids = demo_dataset
     result = tmp_path / "discover.json"
     manifest = tmp_path / "work" / "manifest.json"
     proc = run_cli(
@@ -68,14 +68,14 @@ def test_error_is_one_line_and_non_zero(tmp_path):
     )
 
 
-def test_bad_shard_spec_exits_2(sample_dataset, capsys):
-    path, _ = sample_dataset
+def test_bad_shard_spec_exits_2(demo_dataset, capsys):
+    path, _ = demo_dataset
     assert main(["index", "--dataset", path, "--shards", "3-1"]) == 2
     assert "invalid shard spec" in capsys.readouterr().err
 
 
-def test_result_goes_to_stdout_without_result_json(sample_dataset, capsys):
-    path, _ = sample_dataset
+def test_result_goes_to_stdout_without_result_json(demo_dataset, capsys):
+    path, _ = demo_dataset
     assert main(["discover", "--dataset", path]) == 0
     assert json.loads(capsys.readouterr().out)["shards"] == 2
 

@@ -38,8 +38,8 @@ def write_annotations(out, ids: list[str]) -> None:
         pq.write_table(table, folder / f"{s:05d}.parquet")
 
 
-def test_dedup_stage_through_the_cli(sample_dataset, tmp_path):
-    path, ids = sample_dataset
+def test_dedup_stage_through_the_cli(demo_dataset, tmp_path):
+    path, ids = demo_dataset
     out = tmp_path / "out"
     write_annotations(out, ids)
     o = str(out)

@@ -17,7 +17,7 @@ import pytest
 from airflow_curator.core import layout
 from airflow_curator.runtime.argv import build_argv
 from airflow_curator.runtime.cli import main
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 
 pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
@@ -65,7 +65,7 @@ def plant_exact_duplicate(dataset: str, annotations: str, stems: list[str]) -> t
 @pytest.mark.parametrize("digits", [6, 7])
 def test_every_step_on_wide_shard_names(tmp_path, tiny, digits):
     dataset, out = str(tmp_path / "in"), str(tmp_path / "out")
-    ids = write_sample_dataset(dataset, shards=2, records_per_shard=5, max_shards=digits, seed=2)
+    ids = write_demo_dataset(dataset, shards=2, records_per_shard=5, max_shards=digits, seed=2)
     stems = sorted({i[:digits] for i in ids})
     assert [len(s) for s in stems] == [digits, digits]
     manifest = layout.manifest_url(out)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_curator.runtime.argv import build_argv
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 from tests.core.dataset.test_save_metadata import write_annotations
 
 
@@ -27,7 +27,7 @@ def result_of(proc: subprocess.CompletedProcess, path) -> dict:
 
 def test_save_metadata_plan_reshard_commit_through_the_cli(tmp_path):
     src = str(tmp_path / "in")
-    ids = write_sample_dataset(src, shards=3, records_per_shard=6, image_bytes=200)
+    ids = write_demo_dataset(src, shards=3, records_per_shard=6, image_bytes=200)
     out = tmp_path / "out"
     work = out / "_work"
     write_annotations(str(work / "annotations"), src, seed=2, error_ids={ids[0]})
@@ -85,7 +85,7 @@ def test_save_metadata_plan_reshard_commit_through_the_cli(tmp_path):
 
 def test_to_webdataset_in_one_process_writes_what_the_three_steps_write(tmp_path):
     src = str(tmp_path / "in")
-    write_sample_dataset(src, shards=3, records_per_shard=5, image_bytes=300)
+    write_demo_dataset(src, shards=3, records_per_shard=5, image_bytes=300)
     keep = {"keep": lambda i: i % 3 != 0}
     for n in sorted(os.listdir(src)):
         if n.endswith(".parquet"):
@@ -119,7 +119,7 @@ def test_to_webdataset_in_one_process_writes_what_the_three_steps_write(tmp_path
 
 def test_errors_are_one_line_with_exit_codes(tmp_path):
     src = str(tmp_path / "in")
-    write_sample_dataset(src, shards=1, records_per_shard=3, image_bytes=10)
+    write_demo_dataset(src, shards=1, records_per_shard=3, image_bytes=10)
     proc = cli("plan-reshard", "--dataset", src, "--output", str(tmp_path / "o"))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (

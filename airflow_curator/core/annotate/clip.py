@@ -160,10 +160,6 @@ class ClipModel:
             resize_mode=pre["resize_mode"],
         )
 
-    @property
-    def fingerprint(self) -> str:
-        return f"{self.spec.key}@{self.weights.sha256 if self.weights else RANDOM}"
-
     def autocast(self) -> Any:
         import contextlib
 

@@ -85,11 +85,12 @@ def compare_ids(
     """Fail naming the first offending ids unless both sides hold the same set.
 
     ``allowed_missing`` are Parquet rows that legitimately have no tar members (img2dataset's failed
-    downloads).
+    downloads); one of them that does have a record in the tar is an error too.
     """
-    pq_set, tar_set = set(parquet_ids), set(tar_ids)
+    pq_set, tar_set, failed = set(parquet_ids), set(tar_ids), set(allowed_missing)
     only_tar = tar_set - pq_set
-    only_pq = pq_set - tar_set - set(allowed_missing)
+    only_pq = pq_set - tar_set - failed
+    stale = failed & tar_set
     if only_tar:
         raise ShardError(
             shard, f"{len(only_tar)} records in the tar are not in the Parquet: {preview(only_tar)}"
@@ -98,6 +99,8 @@ def compare_ids(
         raise ShardError(
             shard, f"{len(only_pq)} Parquet rows have no record in the tar: {preview(only_pq)}"
         )
+    if stale:
+        raise ShardError(shard, f"rows marked failed have records in the tar: {preview(stale)}")
 
 
 def validate_shard(tar_url: str, parquet_url: str, id_col: str = "key", shard: str = "?") -> int:
@@ -110,7 +113,4 @@ def validate_shard(tar_url: str, parquet_url: str, id_col: str = "key", shard: s
         check_json_id(rec, id_col, shard)
         tar_ids.append(rec.id)
     compare_ids(pq_ids, tar_ids, shard, allowed_missing=failed)
-    stale = failed.intersection(tar_ids)
-    if stale:
-        raise ShardError(shard, f"rows marked failed have records in the tar: {preview(stale)}")
     return len(tar_ids)

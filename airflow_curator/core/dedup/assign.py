@@ -23,8 +23,6 @@ from airflow_curator.core.stats import Stats
 
 logger = logging.getLogger(__name__)
 
-ASSIGN_COLUMNS = ("shard", "id", "cluster", "aesthetic", "embedding")
-
 
 def read_annotations(
     url: str, shard: str, id_col: str, dim: int | None = None

@@ -28,7 +28,6 @@ from airflow_curator.core.wds.shardspec import format_spec
 logger = logging.getLogger(__name__)
 
 EXACT_MODES = ("auto", "on", "off")
-DUPS_SCHEMA_NAMES = ("shard", "id", "duplicate_of", "similarity", "kind", "cluster")
 
 
 def near_duplicates(x: Any, eps: float, block: int = 2048, device: str = "cpu") -> tuple[Any, Any]:

@@ -1,7 +1,7 @@
-"""Curation report data: counts per step and shard, score histograms, sample records.
+"""Curation report data: counts per step and shard, score histograms, record cards.
 
 Everything is read from storage (the manifest, the merged metadata, the output manifest and the
-run record the DAG leaves), one shard at a time: histograms are fixed bins, samples are reservoirs
+run record the DAG leaves), one shard at a time: histograms are fixed bins, cards are reservoirs
 and extremes are bounded heaps, so memory does not grow with the dataset.
 """
 
@@ -64,7 +64,9 @@ class Histogram:
 
 
 @dataclass
-class Sample:
+class Card:
+    """A record as the report's grids show it: scores, caption, verdict, thumbnail."""
+
     shard: str
     id: str
     caption: str | None
@@ -94,11 +96,11 @@ class ReportData:
     shards: list[ShardRow]
     histograms: dict[str, Histogram]
     thresholds: dict[str, tuple[str, float]]
-    kept: list[Sample]
-    dropped: list[Sample]
-    lowest: list[Sample]
-    highest: list[Sample]
-    pairs: list[tuple[Sample, Sample | None]]
+    kept: list[Card]
+    dropped: list[Card]
+    lowest: list[Card]
+    highest: list[Card]
+    pairs: list[tuple[Card, Card | None]]
     output_manifest: dict[str, Any] | None
     input_manifest: dict[str, Any] | None
     # what the counts alone do not say: e.g. kept rows that could not be written, or a filter
@@ -123,7 +125,7 @@ class _Reservoir:
     def __init__(self, size: int, rng: random.Random) -> None:
         self.size, self.rng, self.seen, self.items = size, rng, 0, []
 
-    def offer(self, item: Sample) -> None:
+    def offer(self, item: Card) -> None:
         self.seen += 1
         if len(self.items) < self.size:
             self.items.append(item)
@@ -152,7 +154,7 @@ def gather(
     extremes: int = 6,
     seed: int = 0,
 ) -> ReportData:
-    """Collect the report's figures and samples (thumbnails included) from storage."""
+    """Collect the report's figures and cards (thumbnails included) from storage."""
     metadata = metadata or layout.metadata_url(output)
     run = _read_json(run_json or layout.run_url(output)) or {}
     params: dict[str, Any] = run.get("params", {})
@@ -171,8 +173,8 @@ def gather(
     rng = random.Random(seed)
     kept, dropped = _Reservoir(per_grid, rng), _Reservoir(per_grid, rng)
     dups = _Reservoir(max(per_grid // 2, 1), rng)
-    low: list[tuple[float, str, Sample]] = []
-    high: list[tuple[float, str, Sample]] = []
+    low: list[tuple[float, str, Card]] = []
+    high: list[tuple[float, str, Card]] = []
     hists = {c: Histogram(*SCORES[c][1]) for c in SCORES}
     rows: list[ShardRow] = []
     input_filters = 0
@@ -207,7 +209,7 @@ def gather(
             )
         )
         for i, rid in enumerate(ids):
-            sample = Sample(
+            card = Card(
                 shard.stem,
                 rid,
                 (cols.get("caption") or [None] * len(ids))[i],
@@ -216,14 +218,14 @@ def gather(
                 {c: cols[c][i] for c in SCORES if c in cols},
             )
             if flags is not None:
-                (kept if flags[i] else dropped).offer(sample)
+                (kept if flags[i] else dropped).offer(card)
             if UNIQUE in cols and cols[UNIQUE][i] is False and cols.get(DUPLICATE_OF):
-                sample.duplicate_of = cols[DUPLICATE_OF][i]
-                dups.offer(sample)
-            score = sample.scores.get("aesthetic_score")
+                card.duplicate_of = cols[DUPLICATE_OF][i]
+                dups.offer(card)
+            score = card.scores.get("aesthetic_score")
             if score is not None:
-                _push(low, (-score, rid, sample), extremes)
-                _push(high, (score, rid, sample), extremes)
+                _push(low, (-score, rid, card), extremes)
+                _push(high, (score, rid, card), extremes)
         progress.update()
 
     lowest = [s for _, _, s in sorted(low, key=lambda t: (-t[0], t[1]))]
@@ -267,9 +269,9 @@ def gather(
 
 def _find(
     man: Manifest, metadata: str, id_col: str, ids: set[str | None], flags_col: str
-) -> dict[str, Sample]:
+) -> dict[str, Card]:
     """The records with these ids (the kept originals of duplicate pairs), one shard at a time."""
-    found: dict[str, Sample] = {}
+    found: dict[str, Card] = {}
     ids = {i for i in ids if i}
     for shard in man.shards:
         if len(found) == len(ids):
@@ -286,7 +288,7 @@ def _find(
                     for c in (*SCORES, "caption", "error", flags_col)
                     if c in names
                 }
-                found[str(rid)] = Sample(
+                found[str(rid)] = Card(
                     shard.stem,
                     str(rid),
                     row.get("caption"),
@@ -304,10 +306,10 @@ def _push(heap: list, item: tuple, size: int) -> None:
         heapq.heapreplace(heap, item)
 
 
-def _thumbnails(man: Manifest, samples: list[Sample]) -> None:
-    """Small JPEG data URIs of the samples' images, read from their shards by range."""
-    by_shard: dict[str, list[Sample]] = {}
-    for s in samples:
+def _thumbnails(man: Manifest, cards: list[Card]) -> None:
+    """Small JPEG data URIs of the cards' images, read from their shards by range."""
+    by_shard: dict[str, list[Card]] = {}
+    for s in cards:
         by_shard.setdefault(s.shard, []).append(s)
     tars = {s.stem: s for s in man.shards}
     for stem, group in by_shard.items():

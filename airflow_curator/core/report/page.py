@@ -9,7 +9,7 @@ import html
 import json
 from typing import Any
 
-from airflow_curator.core.report.data import BINS, SCORES, Histogram, ReportData, Sample
+from airflow_curator.core.report.data import BINS, SCORES, Card, Histogram, ReportData
 
 MAX_ROWS = 500
 MAX_MANIFEST_SHARDS = 20
@@ -81,7 +81,7 @@ def histogram_svg(title: str, hist: Histogram, threshold: tuple[str, float] | No
     return "".join(parts)
 
 
-def _card(s: Sample) -> str:
+def _card(s: Card) -> str:
     img = (
         f'<img src="{s.thumbnail}" alt="{_e(s.id)}">'
         if s.thumbnail
@@ -102,13 +102,13 @@ def _card(s: Sample) -> str:
     )
 
 
-def _grid(title: str, samples: list[Sample]) -> str:
-    if not samples:
+def _grid(title: str, cards: list[Card]) -> str:
+    if not cards:
         return f'<h3>{_e(title)}</h3><p class="muted">none</p>'
-    return f'<h3>{_e(title)}</h3><div class="grid">{"".join(_card(s) for s in samples)}</div>'
+    return f'<h3>{_e(title)}</h3><div class="grid">{"".join(_card(s) for s in cards)}</div>'
 
 
-def _pairs(pairs: list[tuple[Sample, Sample | None]]) -> str:
+def _pairs(pairs: list[tuple[Card, Card | None]]) -> str:
     if not pairs:
         return ""
     cells = "".join(

@@ -177,11 +177,6 @@ class TarWriter:
             self._stage(data)
             self._stage(ZEROS[: -len(data) % BLOCK])
 
-    def add(self, name: str, data: bytes | memoryview) -> Member:
-        """Write one member; ``data`` is copied as is."""
-        self.add_record([(name, data)])
-        return self.members[-1]
-
     def _stage(self, data: bytes | memoryview) -> None:
         data = memoryview(data).cast("B")
         while data:

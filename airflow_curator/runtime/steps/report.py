@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.filter_column(p, "the kept/dropped column")
     options.id_col(p)
     options.thresholds(p, "draw the threshold {rule} (default: the run's params)")
-    p.add_argument("--samples", type=int, default=12, help="thumbnails per random grid")
+    p.add_argument("--cards", type=int, default=12, help="record cards per random grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the random grids")
 
 
@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_nsfw": args.max_nsfw,
             "min_clip_score": args.min_clip_score,
         },
-        per_grid=args.samples,
+        per_grid=args.cards,
         seed=args.seed,
     )

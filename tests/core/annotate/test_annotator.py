@@ -15,8 +15,8 @@ from airflow_curator.core.annotate.annotator import (
 )
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.wds.records import iter_records
+from airflow_curator.testing.awkward import captions, write_awkward_shard
 from airflow_curator.testing.models import write_tiny_models
-from tests.core.annotate.fixtures import captions, write_awkward_shard
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
@@ -180,10 +180,10 @@ def test_json_id_mismatch_is_an_error(tmp_path, options, annotator):
     import json
     import tarfile
 
-    from airflow_curator.testing.dataset import add_member, write_sample_dataset
+    from airflow_curator.testing.dataset import add_member, write_demo_dataset
 
     dataset = tmp_path / "dataset"
-    write_sample_dataset(str(dataset), shards=1, records_per_shard=3)
+    write_demo_dataset(str(dataset), shards=1, records_per_shard=3)
     tar_path = dataset / "00000.tar"
     with tarfile.open(tar_path) as src:
         members = [(m.name, src.extractfile(m).read()) for m in src.getmembers()]
@@ -224,10 +224,10 @@ def test_nsfw_has_no_unpinned_default(options):
 
 
 def test_all_images_bad_still_writes_the_shard(tmp_path, options, annotator):
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
     dataset = tmp_path / "dataset"
-    write_sample_dataset(str(dataset), shards=1, records_per_shard=2, image_bytes=100)
+    write_demo_dataset(str(dataset), shards=1, records_per_shard=2, image_bytes=100)
     result = annotate_dataset(str(dataset), str(tmp_path / "out"), None, options, annotator)
     assert result["failed"] == 2
     table = read_annotation(tmp_path)

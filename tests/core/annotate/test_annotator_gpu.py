@@ -10,7 +10,7 @@ from airflow_curator.core.annotate.annotator import (
     annotate_dataset,
     annotations_url,
 )
-from tests.core.annotate.fixtures import write_awkward_shard
+from airflow_curator.testing.awkward import write_awkward_shard
 
 pytestmark = pytest.mark.gpu
 

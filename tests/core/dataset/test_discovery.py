@@ -24,8 +24,8 @@ def touch(folder, name, size=10):
     return path
 
 
-def test_pairs_and_counts(sample_dataset):
-    path, ids = sample_dataset
+def test_pairs_and_counts(demo_dataset):
+    path, ids = demo_dataset
     m = discover(path)
     assert [s.stem for s in m.shards] == ["00000", "00001"]
     assert m.records == len(ids) == 12
@@ -33,8 +33,8 @@ def test_pairs_and_counts(sample_dataset):
     assert m.bytes == sum(os.path.getsize(s.tar) for s in m.shards)
 
 
-def test_ignores_stats_hidden_and_underscored(sample_dataset):
-    path, _ = sample_dataset
+def test_ignores_stats_hidden_and_underscored(demo_dataset):
+    path, _ = demo_dataset
     for name in ("00000_stats.json", "report.html", "_SUCCESS", ".00000.tar.tmp-1-abc"):
         with open(os.path.join(path, name), "w") as f:
             f.write("{}")
@@ -69,8 +69,8 @@ def test_same_shard_twice(tmp_path):
         discover(str(tmp_path), count_records=False)
 
 
-def test_skip_mode_reports_problems(sample_dataset):
-    path, _ = sample_dataset
+def test_skip_mode_reports_problems(demo_dataset):
+    path, _ = demo_dataset
     os.remove(os.path.join(path, "00001.parquet"))
     m = discover(path, on_invalid="skip")
     assert [s.stem for s in m.shards] == ["00000"]
@@ -89,8 +89,8 @@ def test_bad_parquet_footer(tmp_path):
         discover(str(tmp_path))
 
 
-def test_index_freshness(sample_dataset):
-    path, _ = sample_dataset
+def test_index_freshness(demo_dataset):
+    path, _ = demo_dataset
     now = time.time()
     for stem, idx_age in (("00000", 0), ("00001", -100)):
         idx = os.path.join(path, f"{stem}.idx")
@@ -105,9 +105,9 @@ def test_index_freshness(sample_dataset):
 def test_memory_filesystem():
     import fsspec
 
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
-    write_sample_dataset("memory://bucket/ds", shards=3, records_per_shard=2)
+    write_demo_dataset("memory://bucket/ds", shards=3, records_per_shard=2)
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/ds/00000_stats.json", b"{}")
     m = discover("memory://bucket/ds")
@@ -151,8 +151,8 @@ def test_group_value_is_small():
     assert len(json.dumps(value)) < 400
 
 
-def test_manifest_round_trip(sample_dataset, tmp_path):
-    path, _ = sample_dataset
+def test_manifest_round_trip(demo_dataset, tmp_path):
+    path, _ = demo_dataset
     m = discover(path)
     save_manifest(m, str(tmp_path / "m" / "manifest.json"))
     back = load_manifest(str(tmp_path / "m" / "manifest.json"))

@@ -8,7 +8,7 @@ import pytest
 
 from airflow_curator.core.dataset.metadata import compare_ids, read_shard_ids, validate_shard
 from airflow_curator.core.errors import ShardError
-from tests.core.wds.fixtures import make_tar
+from airflow_curator.testing.tars import make_tar
 
 
 def shard(tmp_path, ids, parquet_ids=None, json_ids=None, id_col="key", raw_json=None):

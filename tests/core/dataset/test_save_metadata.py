@@ -11,7 +11,7 @@ import pytest
 from airflow_curator.core.dataset.save_metadata import Thresholds, merge_shard, save_metadata
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.io import storage
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 
 
 def write_annotations(folder, dataset, seed=0, drop=(), extra=(), error_ids=()) -> dict:
@@ -54,7 +54,7 @@ def write_annotations(folder, dataset, seed=0, drop=(), extra=(), error_ids=()) 
 @pytest.fixture
 def dataset(tmp_path):
     path = str(tmp_path / "ds")
-    ids = write_sample_dataset(path, shards=2, records_per_shard=8, image_bytes=50)
+    ids = write_demo_dataset(path, shards=2, records_per_shard=8, image_bytes=50)
     return path, ids
 
 
@@ -162,9 +162,9 @@ def test_several_annotation_folders_and_a_required_column(tmp_path):
     import pyarrow.parquet as pq
 
     from airflow_curator.core.dataset.save_metadata import Thresholds, save_metadata
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
-    ids = write_sample_dataset(str(tmp_path / "in"), shards=1, records_per_shard=4)
+    ids = write_demo_dataset(str(tmp_path / "in"), shards=1, records_per_shard=4)
     (tmp_path / "scores").mkdir()
     (tmp_path / "dedup").mkdir()
     pq.write_table(
@@ -202,9 +202,9 @@ def test_merging_a_result_without_error_column_or_thresholds(tmp_path):
     import pyarrow.parquet as pq
 
     from airflow_curator.core.dataset.save_metadata import save_metadata
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
-    ids = write_sample_dataset(str(tmp_path / "in"), shards=1, records_per_shard=3)
+    ids = write_demo_dataset(str(tmp_path / "in"), shards=1, records_per_shard=3)
     (tmp_path / "dedup").mkdir()
     pq.write_table(
         pa.table({"key": ids, "is_unique": [True, False, True]}), tmp_path / "dedup/00000.parquet"

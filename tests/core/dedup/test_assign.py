@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 from airflow_curator.core.dedup.assign import assign_shards
 from airflow_curator.core.dedup.fit import fit_centroids, load_centroids, nearest
 from airflow_curator.core.dedup.store import file_meta
-from airflow_curator.testing.annotations import write_annotation_sample
+from airflow_curator.testing.annotations import write_synthetic_annotations
 
 
 def test_assign_writes_one_row_group_per_part_sorted_by_cluster(tmp_path):
     out = str(tmp_path / "o")
-    planted = write_annotation_sample(
+    planted = write_synthetic_annotations(
         out + "/_work/annotations", shards=2, records_per_shard=120, failed_fraction=0.1, seed=6
     )
     fit_centroids(out, n_clusters=9, parts=3, device="cpu")

@@ -11,8 +11,8 @@ from airflow_curator.core.dedup.dedup import dedup_clusters, near_duplicates, ra
 from airflow_curator.core.dedup.fit import fit_centroids, normalise
 from airflow_curator.core.dedup.result import write_results
 from airflow_curator.core.errors import CuratorError, ShardError
-from airflow_curator.testing.annotations import write_annotation_sample
-from tests.core.dedup.fixtures import removed_ids, result_bytes, run_stage
+from airflow_curator.testing.annotations import write_synthetic_annotations
+from airflow_curator.testing.dedup import removed_ids, result_bytes, run_stage
 
 
 def brute_force(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +57,7 @@ def test_rank_order_prefers_high_score_then_low_id():
 
 def test_planted_pairs_recall_and_precision(tmp_path):
     out = str(tmp_path / "o")
-    planted = write_annotation_sample(
+    planted = write_synthetic_annotations(
         out + "/_work/annotations", shards=4, records_per_shard=150, dim=48, seed=11
     )
     assert len(planted.pairs) > 20
@@ -80,7 +80,7 @@ def test_planted_pairs_recall_and_precision(tmp_path):
 
 def test_wider_eps_finds_more(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=2, records_per_shard=120, seed=3)
+    write_synthetic_annotations(out + "/_work/annotations", shards=2, records_per_shard=120, seed=3)
     narrow = run_stage(out, eps=0.01)["results"][0]["duplicates"]
     wide = run_stage(out, eps=0.8)["results"][0]["duplicates"]
     assert wide > narrow > 0
@@ -88,7 +88,7 @@ def test_wider_eps_finds_more(tmp_path):
 
 def test_same_bytes_whatever_the_split_and_on_rerun(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=5, records_per_shard=80, seed=2)
+    write_synthetic_annotations(out + "/_work/annotations", shards=5, records_per_shard=80, seed=2)
     run_stage(out, n_clusters=8, parts=4)
     whole = result_bytes(out)
     assert len(whole) == 5
@@ -106,7 +106,7 @@ def test_same_bytes_whatever_the_split_and_on_rerun(tmp_path):
 
 def test_result_is_a_boolean_column_in_annotation_order(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=1, records_per_shard=50, seed=8)
+    write_synthetic_annotations(out + "/_work/annotations", shards=1, records_per_shard=50, seed=8)
     run_stage(out)
     ann = pq.read_table(out + "/_work/annotations/00000.parquet")
     res = pq.read_table(out + "/_work/dedup/result/00000.parquet")
@@ -119,7 +119,7 @@ def test_result_is_a_boolean_column_in_annotation_order(tmp_path):
 
 def test_incomplete_or_stale_stage_is_an_error(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=2, records_per_shard=40, seed=8)
+    write_synthetic_annotations(out + "/_work/annotations", shards=2, records_per_shard=40, seed=8)
     fit = fit_centroids(out, n_clusters=6, parts=3, device="cpu")
     assign_shards(out, device="cpu")
     dedup_clusters(out, fit["groups"][0]["clusters"], device="cpu")
@@ -142,7 +142,7 @@ def test_bad_annotations_name_the_shard(tmp_path):
     import pyarrow as pa
 
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=2, records_per_shard=30, seed=8)
+    write_synthetic_annotations(out + "/_work/annotations", shards=2, records_per_shard=30, seed=8)
     fit_centroids(out, n_clusters=4, parts=2, device="cpu")
     path = out + "/_work/annotations/00001.parquet"
     pq.write_table(pa.table({"key": ["a"], "image_embedding": [[1.0, 0.0]]}), path)
@@ -161,14 +161,14 @@ def test_gpu_gives_the_cpu_result(tmp_path):
     cpu, gpu = near_duplicates(x, 0.01, 64, "cpu"), near_duplicates(x, 0.01, 64, "cuda")
     assert np.array_equal(cpu[0], gpu[0]) and (cpu[0] >= 0).sum() == 40
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=2, records_per_shard=80, seed=2)
+    write_synthetic_annotations(out + "/_work/annotations", shards=2, records_per_shard=80, seed=2)
     r = fit_centroids(out, n_clusters=6, parts=2, device="cuda")
     assert r["n_clusters"] == 6
 
 
 def test_dedup_refuses_a_stage_with_shards_not_assigned_or_hashed(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=3, records_per_shard=30, seed=8)
+    write_synthetic_annotations(out + "/_work/annotations", shards=3, records_per_shard=30, seed=8)
     fit_centroids(out, n_clusters=4, parts=2, device="cpu")
     assign_shards(out, "0-1", device="cpu")
     with pytest.raises(CuratorError, match="shards 2 have no assignments: run dedup-assign"):

@@ -8,7 +8,7 @@ import pytest
 from airflow_curator.core.dedup.fit import fit_centroids, kmeans, load_centroids, nearest, normalise
 from airflow_curator.core.dedup.store import Parts, centroids_url
 from airflow_curator.core.errors import CuratorError
-from airflow_curator.testing.annotations import write_annotation_sample
+from airflow_curator.testing.annotations import write_synthetic_annotations
 
 
 def blobs(seed: int, k: int = 5, per: int = 40, dim: int = 16):
@@ -51,7 +51,7 @@ def test_kmeans_rejects_more_clusters_than_rows():
 
 def test_fit_writes_centroids_and_groups_same_bytes_on_rerun(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=3, records_per_shard=60, seed=4)
+    write_synthetic_annotations(out + "/_work/annotations", shards=3, records_per_shard=60, seed=4)
     r = fit_centroids(out, n_clusters=10, parts=3, sample=100, seed=1, device="cpu")
     first = Path(centroids_url(out)).read_bytes()
     assert r["n_clusters"] == 10 and r["sample"] <= 100
@@ -67,7 +67,7 @@ def test_fit_writes_centroids_and_groups_same_bytes_on_rerun(tmp_path):
 
 def test_fit_clamps_clusters_to_the_sample(tmp_path):
     out = str(tmp_path / "o")
-    write_annotation_sample(out + "/_work/annotations", shards=1, records_per_shard=20, seed=4)
+    write_synthetic_annotations(out + "/_work/annotations", shards=1, records_per_shard=20, seed=4)
     r = fit_centroids(out, n_clusters=1000, parts=16, device="cpu")
     assert r["n_clusters"] == r["sample"] <= 20
     assert len(r["groups"]) == 16

@@ -17,7 +17,7 @@ from airflow_curator.core.dedup.hash import exact_duplicates, hash_shards
 from airflow_curator.core.dedup.result import write_results
 from airflow_curator.core.errors import ShardError
 from airflow_curator.testing.dataset import add_member, make_jpeg
-from tests.core.dedup.fixtures import removed_ids
+from airflow_curator.testing.dedup import removed_ids
 
 # image of each record: same letter, same bytes
 LAYOUT = {0: "ABCDE", 1: "AFBGA"}

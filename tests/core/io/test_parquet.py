@@ -167,10 +167,10 @@ def test_storage_failures_are_transient_never_the_shards_fault(store, monkeypatc
 
 
 def test_the_cli_exits_75_on_unreachable_storage(store, tmp_path, capsys):
-    from airflow_curator.testing.dataset import write_sample_dataset
+    from airflow_curator.testing.dataset import write_demo_dataset
 
     src = str(tmp_path / "in")
-    write_sample_dataset(src, shards=1, records_per_shard=2, image_bytes=10)
+    write_demo_dataset(src, shards=1, records_per_shard=2, image_bytes=10)
     store.fail = 503
     argv = ["plan-reshard", "--dataset", src, "--output", str(tmp_path / "o")]
     assert main([*argv, "--metadata", f"{store.url}/meta"]) == 75

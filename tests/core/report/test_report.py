@@ -15,14 +15,14 @@ import pytest
 from airflow_curator.core.dataset.discovery import discover, save_manifest
 from airflow_curator.core.report.data import gather
 from airflow_curator.core.report.page import write_report
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 
 
 @pytest.fixture
 def run(tmp_path):
     """A generated run: dataset, manifest, merged metadata with scores and a filter column."""
     dataset, output = str(tmp_path / "in"), str(tmp_path / "out")
-    write_sample_dataset(dataset, shards=3, records_per_shard=10, seed=3)
+    write_demo_dataset(dataset, shards=3, records_per_shard=10, seed=3)
     save_manifest(discover(dataset), f"{output}/_work/manifest.json")
     rng = random.Random(0)
     truth = {"records": 0, "failures": 0, "kept": 0, "aesthetic": []}

@@ -10,14 +10,14 @@ from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.reshard.commit import commit
 from airflow_curator.core.reshard.plan import plan_reshard
 from airflow_curator.core.reshard.writer import reshard
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 from tests.core.reshard.test_writer import add_filter
 
 
 @pytest.fixture
 def planned(tmp_path):
     src = str(tmp_path / "in")
-    write_sample_dataset(src, shards=2, records_per_shard=5, image_bytes=300)
+    write_demo_dataset(src, shards=2, records_per_shard=5, image_bytes=300)
     add_filter(src, lambda i: int(i) % 2 == 0)
     out = tmp_path / "out"
     return src, out, plan_reshard(src, str(out), "keep", samples_per_shard=2)

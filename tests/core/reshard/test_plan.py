@@ -11,7 +11,7 @@ import pytest
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.reshard.plan import FAILED_DOWNLOAD, plan_reshard
 from airflow_curator.core.reshard.writer import reshard_dataset
-from tests.img2dataset_like import write_img2dataset_like
+from airflow_curator.testing.img2dataset import write_img2dataset_like
 
 
 def _user_column(folder: str, name: str, keep=lambda row: True) -> None:

@@ -18,7 +18,7 @@ from airflow_curator.core.reshard.writer import reshard
 from airflow_curator.core.wds.index import build_index, index_dataset
 from airflow_curator.core.wds.tarsource import TarSource
 from airflow_curator.core.wds.tarwriter import TarWriter
-from airflow_curator.testing.dataset import write_sample_dataset
+from airflow_curator.testing.dataset import write_demo_dataset
 from tests.dali_reader import dali_read
 
 
@@ -65,7 +65,7 @@ def files_of(folder: str) -> dict[str, bytes]:
 @pytest.fixture
 def src(tmp_path):
     path = str(tmp_path / "in")
-    ids = write_sample_dataset(path, shards=3, records_per_shard=7, seed=3)
+    ids = write_demo_dataset(path, shards=3, records_per_shard=7, seed=3)
     rng = random.Random(5)
     decided = add_filter(path, lambda i: rng.random() < 0.6, shuffle_seed=1)
     return path, ids, decided
@@ -162,7 +162,7 @@ def test_a_failure_midway_leaves_no_write_in_flight(tmp_path, monkeypatch):
     import airflow_curator.core.reshard.writer as reshard_module
 
     path = str(tmp_path / "in")
-    write_sample_dataset(path, shards=1, records_per_shard=40, image_bytes=200_000)
+    write_demo_dataset(path, shards=1, records_per_shard=40, image_bytes=200_000)
     add_filter(path, lambda i: True)
     planned = plan_reshard(path, str(tmp_path / "out"), "keep")
     calls = []
@@ -223,7 +223,7 @@ def test_read_back_by_dali_with_our_index(src, tmp_path):
 
 def test_all_filtered_shard_and_nothing_kept(tmp_path):
     path = str(tmp_path / "in")
-    ids = write_sample_dataset(path, shards=3, records_per_shard=4, image_bytes=10)
+    ids = write_demo_dataset(path, shards=3, records_per_shard=4, image_bytes=10)
     add_filter(path, lambda i: i[:5] != "00001")  # shard 1 keeps nothing
     planned = run_all(path, str(tmp_path / "out"), samples_per_shard=3)
     assert planned["empty_inputs"] == ["00001"] and planned["records"] == 8
@@ -260,7 +260,7 @@ def test_metadata_changed_after_planning(src, tmp_path):
 
 def test_kept_record_missing_from_tar(tmp_path):
     path = str(tmp_path / "in")
-    write_sample_dataset(path, shards=1, records_per_shard=3, image_bytes=10)
+    write_demo_dataset(path, shards=1, records_per_shard=3, image_bytes=10)
     add_filter(path, lambda i: True)
     t = pq.read_table(os.path.join(path, "00000.parquet"))
     extra = pa.table({c: [t[c][0].as_py()] for c in t.column_names}).set_column(
@@ -286,7 +286,7 @@ def test_bad_filter_column(src, tmp_path):
 
 def test_pax_input_gives_the_same_ustar_output(tmp_path):
     path = str(tmp_path / "in")
-    write_sample_dataset(path, shards=2, records_per_shard=3, image_bytes=700, tar_format="pax")
+    write_demo_dataset(path, shards=2, records_per_shard=3, image_bytes=700, tar_format="pax")
     add_filter(path, lambda i: i.endswith(("0", "2")))
     out = str(tmp_path / "out")
     run_all(path, out)
@@ -304,7 +304,7 @@ def test_dataset_api_save_metadata_then_to_webdataset(tmp_path):
     from tests.core.dataset.test_save_metadata import write_annotations
 
     path = str(tmp_path / "in")
-    ids = write_sample_dataset(path, shards=2, records_per_shard=5, image_bytes=64)
+    ids = write_demo_dataset(path, shards=2, records_per_shard=5, image_bytes=64)
     write_annotations(str(tmp_path / "ann"), path, seed=4)
     ds = ImageTextPairDataset.from_webdataset(path)
     result = ds.save_metadata(annotations=str(tmp_path / "ann"), max_nsfw=0.5)
@@ -331,8 +331,8 @@ def test_stale_input_index_falls_back_to_a_scan(tmp_path, caplog, store):
 
     other = str(tmp_path / "other")
     path = str(tmp_path / "in")
-    write_sample_dataset(other, shards=1, records_per_shard=4, image_bytes=900)
-    write_sample_dataset(path, shards=1, records_per_shard=4, image_bytes=100)  # same ids
+    write_demo_dataset(other, shards=1, records_per_shard=4, image_bytes=900)
+    write_demo_dataset(path, shards=1, records_per_shard=4, image_bytes=100)  # same ids
     index_dataset(other)
     shutil.copy(os.path.join(other, "00000.idx"), os.path.join(path, "00000.idx"))  # newer
     add_filter(path, lambda i: True)
@@ -399,7 +399,7 @@ def test_object_store_gives_the_same_bytes_as_local(src, tmp_path, monkeypatch, 
 
 def test_one_output_from_many_inputs_in_input_order(tmp_path):
     path = str(tmp_path / "in")
-    ids = write_sample_dataset(path, shards=5, records_per_shard=3, image_bytes=20)
+    ids = write_demo_dataset(path, shards=5, records_per_shard=3, image_bytes=20)
     add_filter(path, lambda i: not i.endswith("1"))
     out = str(tmp_path / "out")
     planned = run_all(path, out, samples_per_shard=100, old_id_col="old")

@@ -10,8 +10,8 @@ import pytest
 
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.wds.index import build_index, index_dataset, verify_index, write_index
-from airflow_curator.testing.dataset import write_sample_dataset
-from tests.core.wds.fixtures import make_tar, record_members
+from airflow_curator.testing.dataset import write_demo_dataset
+from airflow_curator.testing.tars import make_tar, record_members
 from tests.dali_reader import dali_read
 
 WDS2IDX = os.path.join(os.path.dirname(sys.executable), "wds2idx")
@@ -29,7 +29,7 @@ def wds2idx(tar: str, idx: str) -> str:
 )
 @pytest.mark.parametrize("fmt", ["ustar", "gnu", "pax"])
 def test_byte_identical_to_wds2idx(tmp_path, fmt):
-    write_sample_dataset(
+    write_demo_dataset(
         str(tmp_path), shards=1, records_per_shard=30, image_bytes=3000, tar_format=fmt
     )
     tar = str(tmp_path / "00000.tar")
@@ -86,7 +86,7 @@ def test_empty_tar_is_refused(tmp_path):
 
 def test_dataset_skips_fresh_and_forces(tmp_path):
     ds = str(tmp_path)
-    write_sample_dataset(ds, shards=3, records_per_shard=4, image_bytes=100)
+    write_demo_dataset(ds, shards=3, records_per_shard=4, image_bytes=100)
     first = index_dataset(ds)
     assert (first["written"], first["skipped"], first["records"]) == (3, 0, 12)
     again = index_dataset(ds)
@@ -98,12 +98,12 @@ def test_dataset_skips_fresh_and_forces(tmp_path):
 
 def test_stale_index_is_rewritten_and_verify_names_it(tmp_path):
     ds = str(tmp_path)
-    write_sample_dataset(ds, shards=1, records_per_shard=4, image_bytes=100)
+    write_demo_dataset(ds, shards=1, records_per_shard=4, image_bytes=100)
     index_dataset(ds)
     idx = tmp_path / "00000.idx"
     before = idx.read_bytes()
     # the tar is rewritten after its index: more records, newer mtime
-    write_sample_dataset(ds, shards=1, records_per_shard=5, image_bytes=100)
+    write_demo_dataset(ds, shards=1, records_per_shard=5, image_bytes=100)
     old = time.time() - 100
     os.utime(idx, (old, old))
     with pytest.raises(ShardError, match=r"shard 00000: index .* (is stale|has 5 lines)"):
@@ -114,7 +114,7 @@ def test_stale_index_is_rewritten_and_verify_names_it(tmp_path):
 
 
 def test_index_on_memory_filesystem():
-    write_sample_dataset("memory://idx/ds", shards=2, records_per_shard=3, image_bytes=10)
+    write_demo_dataset("memory://idx/ds", shards=2, records_per_shard=3, image_bytes=10)
     result = index_dataset("memory://idx/ds", workers=2)
     assert result["written"] == 2
     import fsspec
@@ -125,7 +125,7 @@ def test_index_on_memory_filesystem():
 
 def test_truncated_tar_fails_with_shard(tmp_path):
     ds = str(tmp_path)
-    write_sample_dataset(ds, shards=2, records_per_shard=4, image_bytes=1000)
+    write_demo_dataset(ds, shards=2, records_per_shard=4, image_bytes=1000)
     raw = (tmp_path / "00001.tar").read_bytes()
     (tmp_path / "00001.tar").write_bytes(raw[:3000])
     for workers in (1, 2):  # in a process pool too: the error must cross it whole
@@ -136,7 +136,7 @@ def test_truncated_tar_fails_with_shard(tmp_path):
 
 def test_rerun_sweeps_debris_of_a_killed_attempt(tmp_path):
     ds = str(tmp_path)
-    write_sample_dataset(ds, shards=2, records_per_shard=3, image_bytes=10)
+    write_demo_dataset(ds, shards=2, records_per_shard=3, image_bytes=10)
     debris = tmp_path / ".00001.idx.tmp-999-abcdef12"
     debris.write_bytes(b"v1.2 1\njpg 512")
     assert index_dataset(ds)["written"] == 2

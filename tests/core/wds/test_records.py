@@ -4,7 +4,7 @@ import pytest
 
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.wds.records import iter_records
-from tests.core.wds.fixtures import make_tar, record_members
+from airflow_curator.testing.tars import make_tar, record_members
 
 
 def write(tmp_path, members, fmt="gnu"):

@@ -7,7 +7,7 @@ import pytest
 
 from airflow_curator.core.errors import TarFormatError
 from airflow_curator.core.wds.tarstream import TarScanner, parse_pax
-from tests.core.wds.fixtures import make_tar, record_members
+from airflow_curator.testing.tars import make_tar, record_members
 
 LONG = "d/" * 80  # > 100 characters: GNU long names / PAX paths
 

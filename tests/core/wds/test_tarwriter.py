@@ -26,7 +26,7 @@ def write(members, checksum=True) -> tuple[bytes, TarWriter]:
     buf = io.BytesIO()
     w = TarWriter(buf, checksum=checksum)
     for name, data in members:
-        w.add(name, memoryview(data))
+        w.add_record([(name, memoryview(data))])
     w.close()
     return buf.getvalue(), w
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import tarfile
 
-FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
+from airflow_curator.testing.dataset import TAR_FORMATS
 
 
 def make_tar(members: list[tuple[str, bytes]], fmt: str = "gnu", mtime: float = 0) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=FORMATS[fmt]) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=TAR_FORMATS[fmt]) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_curator.testing.dataset import add_member, make_jpeg, write_sample_dataset
+from airflow_curator.testing.dataset import add_member, make_jpeg, write_demo_dataset
 
 
 def _gif() -> bytes:
@@ -149,5 +149,5 @@ SHARD_FAULTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
 
 
 def write_shard_fault(folder: Path, fault: str) -> None:
-    write_sample_dataset(str(folder), shards=2, records_per_shard=4, seed=1)
+    write_demo_dataset(str(folder), shards=2, records_per_shard=4, seed=1)
     SHARD_FAULTS[fault][0](folder)
