@@ -11,6 +11,7 @@ from airflow_curator.core.io.storage import join
 WORK = "_work"
 SUCCESS = "_SUCCESS"
 OUTPUT_MANIFEST = "_manifest.json"  # the curated dataset's manifest, written by commit
+SIZES = "sizes.json"  # records per output tar, for open_clip's loader, written by commit
 REPORT_NAME = "report.html"
 RUN_NAME = "run.json"  # the DAG's run record (params, step results) the report draws from
 PLAN_NAME = "reshard-plan.json"

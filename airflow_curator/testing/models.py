@@ -72,3 +72,32 @@ def write_tiny_models(
     out["sha256"] = {p: digest(p) for k, p in out.items() if k != "model"}
     logger.info("tiny models in %s: embed_dim %d, image %d", folder, embed_dim, image_size)
     return out
+
+
+def write_tiny_timm(
+    folder: str, *, name: str = "test_vit", seed: int = 0, heads: bool = True
+) -> dict[str, Any]:
+    """Write randomly initialised weights of timm's tiny test architecture ``name`` (and heads
+    as wide as its output) into ``folder``. Returns ``model`` (the timm name), ``weights``,
+    ``aesthetic_weights``, ``nsfw_weights``, ``embed_dim`` and ``sha256`` (path -> digest)."""
+    import timm
+    import torch
+
+    from airflow_curator.core.annotate.heads import save_head
+
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False).eval()
+    weights_path = os.path.join(folder, f"tiny-{name}.pth")
+    torch.save(model.state_dict(), weights_path)
+    width = int(model.num_classes or model.num_features)
+    out: dict[str, Any] = {"model": name, "weights": weights_path, "embed_dim": width}
+    if heads:
+        out["aesthetic_weights"] = os.path.join(folder, f"tiny-{name}-aesthetic.pth")
+        out["nsfw_weights"] = os.path.join(folder, f"tiny-{name}-nsfw.pth")
+        save_head("aesthetic", out["aesthetic_weights"], width, seed)
+        save_head("nsfw", out["nsfw_weights"], width, seed + 1)
+    paths = ("weights", "aesthetic_weights", "nsfw_weights")
+    out["sha256"] = {out[k]: digest(out[k]) for k in paths if k in out}
+    logger.info("tiny timm model %s in %s: %d-d output", name, folder, width)
+    return out

@@ -94,7 +94,7 @@ def test_first_run_curates_over_mapped_groups(report):
     stems = [f"{i:05d}" for i in range(commit["shards"])]
     assert names == sorted(
         [f"{s}.{e}" for s in stems for e in ("idx", "parquet", "tar")]
-        + ["_SUCCESS", "_manifest.json", "report.html"]
+        + ["_SUCCESS", "_manifest.json", "report.html", "sizes.json"]
     )
     rows = sum(pq.read_metadata(os.path.join(out, f"{s}.parquet")).num_rows for s in stems)
     assert rows == kept

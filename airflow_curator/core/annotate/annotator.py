@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_curator.core.annotate.clip import ClipModel, model_spec, resolve_weights
+from airflow_curator.core.annotate.clip import ClipModel, load_model, model_spec, resolve_weights
 from airflow_curator.core.annotate.decode import Decoder, Preprocess, check_image
 from airflow_curator.core.annotate.heads import DEFAULTS, Head
 from airflow_curator.core.annotate.weights import WeightsFile, resolve
 from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import check_json_id, compare_ids, read_shard_ids
 from airflow_curator.core.device import pick_device
-from airflow_curator.core.errors import DataError, ShardError, UsageError
+from airflow_curator.core.errors import DataError, ShardError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import annotations_url
 from airflow_curator.core.progress import Progress
@@ -63,6 +63,9 @@ class Options:
     batch_size: int = 64
     id_col: str = "key"
     force: bool = False
+    threads: int = 0  # DALI decoding threads (0: up to 4 on a CPU, 8 on a GPU)
+    normalize: bool = True  # timm models: L2-normalise the embeddings (CLIP ones always are)
+    autocast: bool = True  # timm models on a GPU: run under torch.autocast
 
 
 FAILED_DOWNLOAD = "no image: the Parquet row says its download failed"
@@ -128,13 +131,7 @@ class Annotator:
         ):
             if uri == NONE:
                 continue
-            uri = uri or DEFAULTS[kind]
-            if uri is None:
-                raise UsageError(
-                    f"no pinned default {kind} weights: pass --{kind}-weights PATH|URL "
-                    f"(PyTorch state dict) or --{kind}-weights none"
-                )
-            self.head_files[kind] = resolve(uri, sha)
+            self.head_files[kind] = resolve(uri or DEFAULTS[kind], sha)
         self._clip: ClipModel | None = None
         self.heads: dict[str, Head] = {}
         self.decoder: Decoder | None = None
@@ -162,7 +159,8 @@ class Annotator:
 
     @property
     def inputs_model(self) -> str:
-        return f"{self.spec.key}@{self.weights.sha256 if self.weights else 'random'}"
+        raw = "" if self.options.normalize else "+raw"  # unnormalised timm embeddings
+        return f"{self.spec.key}{raw}@{self.weights.sha256 if self.weights else 'random'}"
 
     @property
     def clip(self) -> ClipModel:
@@ -170,7 +168,13 @@ class Annotator:
         if self.decoder is None:
             t0 = time.perf_counter()
             if self._clip is None:
-                self._clip = ClipModel(self.spec, self.weights, self.device)
+                self._clip = load_model(
+                    self.spec,
+                    self.weights,
+                    self.device,
+                    normalize=self.options.normalize,
+                    autocast=self.options.autocast,
+                )
             for kind, wf in self.head_files.items():
                 self.heads[kind] = Head(kind, wf, self._clip.embed_dim, self.device)
             if self.device == "cpu" and self._clip.seconds_per_image() < DECODE_SECONDS:
@@ -180,6 +184,7 @@ class Annotator:
                 Preprocess.from_open_clip(self._clip.preprocess),
                 self.device,
                 self.options.batch_size,
+                self.options.threads,
             )
             logger.info(
                 "model %s (%d-d) and heads %s on %s loaded in %.1fs",
@@ -205,11 +210,18 @@ class Annotator:
         return json.dumps(self.inputs(shard), sort_keys=True).encode()
 
     def annotate_shard(self, shard: Shard, url: str) -> Outcome:
+        """Annotate one shard into the Parquet file ``url`` (written atomically)."""
+        table, outcome = self.annotate_table(shard)
+        parquet.write_table(url, table, metadata={META_KEY: self._fingerprint(shard)})
+        return outcome
+
+    def annotate_table(self, shard: Shard) -> tuple[Any, Outcome]:
+        """One shard's annotation table (the Parquet's ids, in its order) and its outcome."""
         clip = self.clip
         with _torch_threads(self.torch_threads):
-            return self._annotate_shard(shard, url, clip)
+            return self._annotate_table(shard, clip)
 
-    def _annotate_shard(self, shard: Shard, url: str, clip: ClipModel) -> Outcome:
+    def _annotate_table(self, shard: Shard, clip: ClipModel) -> tuple[Any, Outcome]:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="curator-annotate-") as tmp:
             tar = storage.local_path(shard.tar)
@@ -227,9 +239,8 @@ class Annotator:
         # img2dataset's failed downloads: a Parquet row and no members, carried with an error
         records += [ScannedRecord(rid, None, "", FAILED_DOWNLOAD) for rid in failed - present]
         table = self._table(pq_ids, records, results, clip.embed_dim)
-        parquet.write_table(url, table, metadata={META_KEY: self._fingerprint(shard)})
         errors = {r.id: r.error for r in records if r.error}
-        return Outcome(
+        return table, Outcome(
             shard.stem,
             "annotated",
             len(records),
@@ -263,7 +274,7 @@ class Annotator:
                 continue
             tokens = clip.tokenize([by_id[rid].caption for rid in batch.ids])
             img, txt = clip.encode(batch.images, tokens)
-            cols = [img, txt, (img * txt).sum(-1)]
+            cols = [img, txt, None if txt is None else (img * txt).sum(-1)]
             cols += [self.heads[k](img) if k in self.heads else None for k in ("aesthetic", "nsfw")]
             arrays = [None if c is None else c.cpu().numpy() for c in cols]
             for i, rid in enumerate(batch.ids):
@@ -306,7 +317,7 @@ class Annotator:
         zeros = np.zeros(dim, dtype=np.float32)
 
         def column(j: int, width: int | None) -> Any:
-            head_off = j >= 3 and results and next(iter(results.values()))[j] is None
+            head_off = j >= 1 and results and next(iter(results.values()))[j] is None
             if not results or head_off:
                 return pa.nulls(n, pa.list_(pa.float32(), width) if width else pa.float32())
             rows = [

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_curator.core.annotate import timm_model
 from airflow_curator.core.annotate.weights import (
     WeightsError,
     WeightsFile,
@@ -45,10 +46,13 @@ class ModelSpec:
     label: str  # what the user passed, for messages
     config: dict[str, Any] | None = None  # from a JSON file; None for a built-in architecture
     preprocess: dict[str, Any] = field(default_factory=dict)
+    family: str = "open_clip"  # or "timm" (timm_model: image embeddings only)
 
     @property
     def key(self) -> str:
         """Stable identity of the architecture, for the annotations' input fingerprint."""
+        if self.family == "timm":
+            return timm_model.PREFIX + self.name
         if self.config is None:
             return self.name
         text = json.dumps({"model": self.config, "pp": self.preprocess}, sort_keys=True)
@@ -56,8 +60,12 @@ class ModelSpec:
 
 
 def model_spec(model: str) -> ModelSpec:
-    """``ViT-L-14`` or a JSON file/URL holding an open_clip model config (flat, or
-    ``{"model_cfg": ..., "preprocess_cfg": ...}`` as in ``open_clip_config.json``)."""
+    """``ViT-L-14``, a JSON file/URL holding an open_clip model config (flat, or
+    ``{"model_cfg": ..., "preprocess_cfg": ...}`` as in ``open_clip_config.json``), or
+    ``timm:NAME`` for a timm image model."""
+    if timm_model.is_timm(model):
+        name = timm_model.check_name(model[len(timm_model.PREFIX) :])
+        return ModelSpec(name, model, family="timm")
     if not model.endswith(".json"):
         import open_clip
 
@@ -80,6 +88,8 @@ def model_spec(model: str) -> ModelSpec:
 
 
 def default_weights(spec: ModelSpec) -> str:
+    if spec.family == "timm":
+        return timm_model.default_weights(spec.name)
     if spec.name in DEFAULT_WEIGHTS:
         return DEFAULT_WEIGHTS[spec.name][0]
     raise UsageError(
@@ -109,6 +119,23 @@ def _register(spec: ModelSpec) -> None:
     with open(path, "w") as f:
         json.dump(spec.config, f)
     open_clip.add_model_config(path)
+
+
+def load_model(
+    spec: ModelSpec,
+    weights: WeightsFile | None,
+    device: str = "cpu",
+    *,
+    normalize: bool = True,
+    autocast: bool = True,
+) -> Any:
+    """The spec's embedding model: a ``ClipModel``, or a ``TimmModel`` (``normalize`` and
+    ``autocast`` apply to timm models; CLIP embeddings are always normalised for clip_score)."""
+    if spec.family == "timm":
+        return timm_model.TimmModel(
+            spec.name, weights, device, normalize=normalize, autocast=autocast
+        )
+    return ClipModel(spec, weights, device)
 
 
 class ClipModel:

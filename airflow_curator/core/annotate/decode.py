@@ -98,6 +98,7 @@ class Preprocess:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0
+    resize: int | None = None  # "shortest": the shorter side before the crop (timm's size/crop_pct)
 
     @classmethod
     def from_open_clip(cls, cfg: dict[str, Any]) -> Preprocess:
@@ -113,6 +114,7 @@ class Preprocess:
             cfg.get("interpolation", "bicubic"),
             mode,
             int(cfg.get("fill_color", 0)),
+            int(cfg["resize"]) if cfg.get("resize") else None,
         )
 
 
@@ -135,7 +137,8 @@ def _transform(images: Any, pre: Preprocess, device: str) -> Any:
     elif pre.resize_mode == "longest":
         images = fn.resize(images, device=device, resize_longer=max(h, w), interp_type=interp)
     else:
-        images = fn.resize(images, device=device, resize_shorter=min(h, w), interp_type=interp)
+        shorter = pre.resize or min(h, w)
+        images = fn.resize(images, device=device, resize_shorter=shorter, interp_type=interp)
     fill = [(pre.fill_color - m * 255) / (s * 255) for m, s in zip(pre.mean, pre.std)]
     return fn.crop_mirror_normalize(
         images,

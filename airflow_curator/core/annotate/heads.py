@@ -10,14 +10,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_curator.core.annotate.weights import AESTHETIC_URL, WeightsFile, read_state_dict
+from airflow_curator.core.annotate.weights import (
+    AESTHETIC_URL,
+    NSFW_URL,
+    WeightsFile,
+    read_state_dict,
+)
 from airflow_curator.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-# The aesthetic predictor's default file (pinned in weights.PINNED). No PyTorch file of the NSFW
-# detector is published with a checksum (LAION ships a Keras zip), so it has no default.
-DEFAULTS: dict[str, str | None] = {"aesthetic": AESTHETIC_URL, "nsfw": None}
+# The aesthetic predictor's default file (pinned in weights.PINNED) and NeMo Curator's default NSFW
+# detector file, the PyTorch state dict inside LAION's zip (no digest published: its sha256 is
+# logged for the user to pin).
+DEFAULTS: dict[str, str] = {"aesthetic": AESTHETIC_URL, "nsfw": NSFW_URL}
 
 
 class HeadError(UsageError):

@@ -1,8 +1,11 @@
 """Weight files: resolve a local path, an fsspec URL or a hub id to a local file, check its pin.
 
-NeMo Curator fetches weights without checksums; here every default file is pinned and a file
-whose digest differs is refused before torch ever unpickles it. Real and test weights go through
-the same ``resolve`` + ``read_state_dict`` path.
+NeMo Curator fetches weights without checksums; here every default file with a published digest
+is pinned and a file whose digest differs is refused before torch ever unpickles it (the others,
+such as the NSFW detector, log their sha256 for the user to pin). A file inside a zip is named
+the way fsspec chains URLs, ``zip://MEMBER::ZIP_URL``: the zip is fetched and cached like any
+file, then the member is extracted once into the cache. Real and test weights go through the
+same ``resolve`` + ``read_state_dict`` path.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "CURATOR_WEIGHTS_CACHE"
 HUB_PREFIX = "hf-hub:"
+ZIP_PREFIX = "zip://"
 
 # Published digests of default weight files, as "algorithm:hex".
 # OpenAI publishes each CLIP checkpoint under its own sha256 (the URL path segment; the `clip`
@@ -34,6 +39,15 @@ AESTHETIC_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
     "sac+logos+ava1-l14-linearMSE.pth"
 )
+
+
+# LAION's CLIP-based NSFW detector as the PyTorch state dict NeMo Curator loads by default; LAION
+# publishes no digest for it.
+NSFW_ZIP_URL = (
+    "https://github.com/LAION-AI/CLIP-based-NSFW-Detector/files/10250461/"
+    "clip_autokeras_binary_nsfw.zip"
+)
+NSFW_URL = f"{ZIP_PREFIX}clip_autokeras_binary_nsfw.pth::{NSFW_ZIP_URL}"
 
 
 def openai_url(name: str) -> str:
@@ -86,9 +100,12 @@ def cache_dir() -> str:
 
 def fetch(uri: str) -> str:
     """A local path for ``uri``: local files as they are, hub ids via huggingface_hub (which
-    honours ``HF_HUB_OFFLINE`` and its cache), other URLs copied once into the cache."""
+    honours ``HF_HUB_OFFLINE`` and its cache), other URLs copied once into the cache, zip
+    members (``zip://MEMBER::ZIP_URL``) extracted once into the cache."""
     if uri.startswith(HUB_PREFIX):
         return _hub_download(uri[len(HUB_PREFIX) :])
+    if uri.startswith(ZIP_PREFIX):
+        return _zip_member(uri)
     if storage.is_local(uri):
         path = storage.local_path(uri)
         if not os.path.isfile(path):
@@ -107,6 +124,34 @@ def fetch(uri: str) -> str:
             if reason is not None:
                 raise TransientError(uri, reason) from e
             raise WeightsError(f"weights {uri}: download failed: {e}") from e
+    return local
+
+
+def _zip_member(uri: str) -> str:
+    """Extract ``MEMBER`` of ``zip://MEMBER::ZIP_URL`` into the cache (atomically), once."""
+    import zipfile
+
+    member, _, outer = uri[len(ZIP_PREFIX) :].partition("::")
+    if not member or not outer:
+        raise WeightsError(f"weights {uri}: expected {ZIP_PREFIX}MEMBER::ZIP_URL")
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local = os.path.join(cache_dir(), key, posixpath.basename(member))
+    if os.path.exists(local):
+        return local
+    archive = fetch(outer)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            names = z.namelist()
+            if member not in names:
+                raise WeightsError(
+                    f"weights {uri}: {outer} has no {member} (members: {', '.join(names[:8])})"
+                )
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            logger.info("extracting %s from %s to %s", member, outer, local)
+            with z.open(member) as src, storage.atomic_writer(local) as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+    except zipfile.BadZipFile as e:
+        raise WeightsError(f"weights {uri}: {outer} is not a zip file ({e})") from None
     return local
 
 

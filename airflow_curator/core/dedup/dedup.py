@@ -1,16 +1,17 @@
 """SemDedup within clusters: mark near-duplicate images, one part of the clusters per task.
 
-Inside a cluster the records are ranked by the keep rule (highest aesthetic score, then lowest
-id); a record is a duplicate when its cosine similarity to a higher-ranked record of the same
-cluster exceeds ``1 - eps`` (NeMo Curator's SemDedup rule), so the top record of every
-near-duplicate set is kept. Similarities are computed in square blocks, so memory is
-``block**2`` floats whatever the cluster size, plus the part's rows. The same task also settles
-exact duplicates whose hash falls in its part. Writes ``dups/PPPPP.parquet`` (even when empty:
-its presence says the part is done).
+Inside a cluster the records are ranked by the keep rule (``aesthetic``: highest aesthetic score,
+then lowest id; or NeMo Curator's ``hard``, ``easy`` and ``random``, see ``rank_order``); a record
+is a duplicate when its cosine similarity to a higher-ranked record of the same cluster exceeds
+``1 - eps`` (NeMo Curator's SemDedup rule), so the top record of every near-duplicate set is kept.
+Similarities are computed in square blocks, so memory is ``block**2`` floats whatever the cluster
+size, plus the part's rows. The same task also settles exact duplicates whose hash falls in its
+part. Writes ``dups/PPPPP.parquet`` (even when empty: its presence says the part is done).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -28,11 +29,15 @@ from airflow_curator.core.wds.shardspec import format_spec
 logger = logging.getLogger(__name__)
 
 EXACT_MODES = ("auto", "on", "off")
+KEEP_RULES = ("aesthetic", "hard", "easy", "random")
 
 
-def near_duplicates(x: Any, eps: float, block: int = 2048, device: str = "cpu") -> tuple[Any, Any]:
+def near_duplicates(
+    x: Any, eps: float | None, block: int = 2048, device: str = "cpu"
+) -> tuple[Any, Any]:
     """For rows of ``x`` in rank order (unit vectors): the index of the most similar
-    higher-ranked row when that similarity is above ``1 - eps``, else -1; and the similarity."""
+    higher-ranked row when that similarity is above ``1 - eps`` (any, for ``eps=None``), else
+    -1; and the similarity."""
     import numpy as np
     import torch
 
@@ -58,18 +63,35 @@ def near_duplicates(x: Any, eps: float, block: int = 2048, device: str = "cpu") 
             best = torch.where(better, m, best)
             arg = torch.where(better, am + c, arg)
         best_np, arg_np = best.cpu().numpy(), arg.cpu().numpy()
-        hit = best_np > 1.0 - eps
+        hit = arg_np >= 0 if eps is None else best_np > 1.0 - eps
         dup_of[a:b] = np.where(hit, arg_np, -1)
         sims[a:b] = np.where(hit, best_np, 0.0)
     return dup_of, sims
 
 
-def rank_order(ids: Any, aesthetic: Any) -> Any:
-    """Positions in keep order: highest aesthetic score first (missing last), then lowest id."""
+def rank_order(
+    ids: Any, aesthetic: Any, keep: str = "aesthetic", distance: Any = None, seed: int = 0
+) -> Any:
+    """Positions in keep order (the first of a near-duplicate set is the one kept).
+
+    ``aesthetic``: highest aesthetic score first (missing last), then lowest id. NeMo Curator's
+    rules by ``distance`` to the cluster centroid: ``hard`` farthest first (then highest id),
+    ``easy`` closest first (then lowest id); ``random``: by a seeded hash of the id, so the order
+    does not depend on how records were split into tasks.
+    """
     import numpy as np
 
-    neg = np.where(np.isnan(aesthetic), np.inf, -aesthetic.astype(np.float64))
-    return np.lexsort((ids, neg))
+    if keep == "aesthetic":
+        neg = np.where(np.isnan(aesthetic), np.inf, -aesthetic.astype(np.float64))
+        return np.lexsort((ids, neg))
+    if keep == "hard":
+        return np.lexsort((ids, distance))[::-1]
+    if keep == "easy":
+        return np.lexsort((ids, distance))
+    if keep == "random":
+        draw = [hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8] for i in ids]
+        return np.lexsort((ids, np.array([int.from_bytes(d, "big") for d in draw], np.uint64)))
+    raise UsageError(f"keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}")
 
 
 def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> Any | None:
@@ -95,9 +117,15 @@ def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> Any |
 
 
 def dedup_part(
-    table: Any, eps: float, block: int, device: str
+    table: Any,
+    eps: float | None,
+    block: int,
+    device: str,
+    keep: str = "aesthetic",
+    cent: Centroids | None = None,
 ) -> tuple[list[tuple], dict[str, int]]:
-    """Semantic duplicates of a part as (shard, id, duplicate_of, similarity, kind, cluster)."""
+    """Semantic duplicates of a part as (shard, id, duplicate_of, similarity, kind, cluster);
+    ``cent`` gives the distances to the centroids that ``hard`` and ``easy`` rank by."""
     import numpy as np
 
     clusters = table.column("cluster").to_numpy()
@@ -113,7 +141,12 @@ def dedup_part(
         if not len(members):
             continue
         largest = max(largest, len(members))
-        ranked = members[rank_order(ids[members], aesthetic[members])]
+        distance = None
+        if keep in ("hard", "easy"):
+            assert cent is not None
+            distance = 1.0 - x[members] @ cent.vectors[clusters[members[0]]]
+        seed = int(cent.meta.get("seed", 0)) if cent is not None else 0
+        ranked = members[rank_order(ids[members], aesthetic[members], keep, distance, seed)]
         dup_of, sims = near_duplicates(x[ranked], eps, block, device)
         for i in np.flatnonzero(dup_of >= 0):
             r, k = ranked[i], ranked[dup_of[i]]
@@ -152,13 +185,18 @@ def dedup_clusters(
     clusters: str | None = None,
     *,
     annotations: str | None = None,
-    eps: float = 0.01,
+    eps: float | None = 0.01,
     block: int = 2048,
     exact: str = "auto",
     device: str = "auto",
+    keep: str = "aesthetic",
 ) -> dict[str, Any]:
-    """Write ``dups/PPPPP.parquet`` for the parts of the ``clusters`` spec."""
-    if not 0 <= eps < 2:
+    """Write ``dups/PPPPP.parquet`` for the parts of the ``clusters`` spec. ``eps=None`` marks
+    every record that has a higher-ranked one in its cluster, with the similarity, so that a
+    caller can apply several thresholds later (the Python API's ``extract_dedup_data``)."""
+    if keep not in KEEP_RULES:
+        raise UsageError(f"--keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}")
+    if eps is not None and not 0 <= eps < 2:
         raise UsageError("--eps must be in [0, 2): duplicates have cosine similarity > 1 - eps")
     if block < 1:
         raise UsageError("--block must be >= 1")
@@ -186,7 +224,7 @@ def dedup_clusters(
         n = 0
         if table is not None:
             n = table.num_rows
-            rows, found = dedup_part(table, eps, block, device)
+            rows, found = dedup_part(table, eps, block, device, keep, cent)
             totals["largest_cluster"] = max(totals["largest_cluster"], found["largest_cluster"])
             del table
         semantic = len(rows)
@@ -196,7 +234,7 @@ def dedup_clusters(
             for r, k in exact_duplicates(hashes):
                 rows.append((hshard[r], hid[r], hid[k], 1.0, "exact", -1))
         meta = {"centroids": cent.digest, "parts": cent.parts.count, "eps": eps,
-                "exact": bool(hash_files)}  # fmt: skip
+                "exact": bool(hash_files), "keep": keep}  # fmt: skip
         store.write_file(
             store.file_url(output, "dups", store.part_name(part)), dups_table(rows), meta
         )
@@ -209,6 +247,7 @@ def dedup_clusters(
         clusters=clusters or "all",
         parts=len(parts),
         eps=eps,
+        keep=keep,
         exact_pass=bool(hash_files),
         device=device,
         **totals,

@@ -48,7 +48,7 @@ def read_removed(
         meta = store.file_meta(table.schema)
         if meta.get("centroids") != cent.digest or meta.get("parts") != cent.parts.count:
             raise DataError(f"{url} was made with other centroids: rerun dedup")
-        settings.add((meta.get("eps"), meta.get("exact")))
+        settings.add((meta.get("eps"), meta.get("exact"), meta.get("keep", "aesthetic")))
         table = table.filter(pc.is_in(table.column("shard"), pa.array(sorted(wanted), pa.int32())))
         for shard, rid, dup_of, sim, kind in zip(
             *(
@@ -64,9 +64,13 @@ def read_removed(
             f"(e.g. --clusters {' '.join(groups)}): run dedup for them first"
         )
     if len(settings) > 1:
-        raise UsageError(f"dups files disagree on eps/exact {sorted(settings)}: rerun dedup")
-    eps, exact = settings.pop() if settings else (None, None)
-    return removed, {"eps": eps, "exact_pass": exact}
+        raise UsageError(f"dups files disagree on eps/exact/keep {sorted(settings)}: rerun dedup")
+    if settings and next(iter(settings))[0] is None:
+        raise UsageError(
+            "the dups files hold every match, with no eps (the Python API's): rerun dedup"
+        )
+    eps, exact, keep = settings.pop() if settings else (None, None, None)
+    return removed, {"eps": eps, "exact_pass": exact, "keep": keep}
 
 
 def write_results(

@@ -1,5 +1,9 @@
 """Commit: check every planned output shard, write the dataset manifest, then ``_SUCCESS``.
 
+Beside ``_manifest.json`` it writes ``sizes.json`` (``{"00000.tar": records, ...}``), which
+open_clip's WebDataset loader reads to size a dataset instead of demanding
+``--train-num-samples``.
+
 Until ``_SUCCESS`` exists the output folder is not a finished dataset. Commit also removes what
 failed or earlier attempts left behind: temporary files of interrupted writes and shard files
 (or markers) that the current plan does not have. Checks use one listing and the small markers the
@@ -19,6 +23,7 @@ from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import storage
 from airflow_curator.core.layout import (
     OUTPUT_MANIFEST,
+    SIZES,
     SUCCESS,
     marker_url,
     markers_url,
@@ -129,6 +134,12 @@ def manifest_json(plan: Plan, markers: list[dict]) -> str:
     )
 
 
+def sizes_json(markers: list[dict]) -> str:
+    """open_clip's ``sizes.json``: records per tar, by file name."""
+    sizes = {m["files"]["tar"]["name"]: m["records"] for m in markers}
+    return json.dumps(sizes, indent=1, sort_keys=True)
+
+
 def sync_outputs(plan: Plan, threads: int = 16) -> None:
     """Flush the output shards to disk before ``_SUCCESS`` claims them (reshard writes without
     fsync: one flush pass here instead of a disk wait per file)."""
@@ -156,11 +167,18 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
         sync_outputs(plan)
     manifest_url = storage.join(plan.output, OUTPUT_MANIFEST)
     manifest = manifest_json(plan, markers).encode()
+    sizes_url = storage.join(plan.output, SIZES)
+    sizes = sizes_json(markers).encode()
     success = storage.join(plan.output, SUCCESS)
-    if storage.exists(success) and storage.same_bytes(manifest_url, manifest):
+    if (
+        storage.exists(success)
+        and storage.same_bytes(manifest_url, manifest)
+        and storage.same_bytes(sizes_url, sizes)
+    ):
         logger.info("%s was already committed with this plan: nothing to write", plan.output)
     else:
         storage.write_bytes(manifest_url, manifest)
+        storage.write_bytes(sizes_url, sizes)
         storage.write_bytes(success, b"")
     records = sum(m["records"] for m in markers)
     if not records:
@@ -175,6 +193,7 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     return stats.result(
         dataset=plan.output,
         manifest=manifest_url,
+        sizes=sizes_url,
         shards=len(markers),
         records=records,
         bytes=sum(m["files"]["tar"]["size"] for m in markers),

@@ -2,9 +2,10 @@
 
 Planning reads only the id and filter columns of each shard's metadata. Prefix sums of the kept
 counts give every output shard its pieces: ``(input shard, first, last)`` ranges of that shard's
-kept records (in Parquet row order). Output tasks then run in any grouping or order and still write
-the same bytes. The plan also fixes the output Parquet schema (unified over all inputs) and a digest
-of each input's kept ids, so a reshard task notices metadata that changed after planning.
+kept records, in id order within each input shard (as NeMo Curator writes them). Output tasks then
+run in any grouping or order and still write the same bytes. The plan also fixes the output Parquet
+schema (unified over all inputs) and a digest of each input's kept ids, so a reshard task notices
+metadata that changed after planning.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ def load_plan(url: str) -> Plan:
         raise UsageError(f"reshard plan {url} does not exist: run plan-reshard first") from None
 
 
-def kept_rows(table: Any, filter_column: str, shard: str) -> tuple[list[int], int]:
-    """Row numbers whose filter column is True (null counts as False), and how many more the
-    filter keeps that can never be written: img2dataset's failed downloads (a ``status`` other
-    than ``success``), which have no members in the tar."""
+def kept_rows(table: Any, filter_column: str, shard: str, id_col: str) -> tuple[list[int], int]:
+    """Row numbers whose filter column is True (null counts as False), in id order, and how
+    many more the filter keeps that can never be written: img2dataset's failed downloads (a
+    ``status`` other than ``success``), which have no members in the tar."""
     import pyarrow as pa
 
     if filter_column not in table.column_names:
@@ -120,7 +121,8 @@ def kept_rows(table: Any, filter_column: str, shard: str) -> tuple[list[int], in
         raise ShardError(
             shard, f"filter column {filter_column!r} is {column.type}, not a boolean column"
         )
-    kept = [i for i, v in enumerate(column.to_pylist()) if v]
+    ids = table.column(id_col).to_pylist()
+    kept = sorted((i for i, v in enumerate(column.to_pylist()) if v), key=ids.__getitem__)
     if STATUS_COL not in table.column_names:
         return kept, 0
     status = table.column(STATUS_COL).to_pylist()
@@ -132,7 +134,7 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def _check_apart(dataset: str, output: str) -> None:
+def check_apart(dataset: str, output: str) -> None:
     """Refuse an output that is the input or inside it: commit sweeps shard-named files in the
     output folder, and discovery of the input would pick the output's shards up."""
     a, b = (posixpath.normpath(storage.local_path(x).rstrip("/")) for x in (dataset, output))
@@ -150,7 +152,7 @@ def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) ->
         wanted = [id_col, filter_column]
         table = pf.read(parquet.columns_of(schema, meta_url, shard.stem, wanted, (STATUS_COL,)))
     ids = check_ids(table.column(id_col).to_pylist(), shard.stem, meta_url)
-    rows, failed = kept_rows(table, filter_column, shard.stem)
+    rows, failed = kept_rows(table, filter_column, shard.stem, id_col)
     return schema, InputShard(
         shard.stem,
         shard.tar,
@@ -216,7 +218,7 @@ def make_plan(
     offset_digits(samples_per_shard)  # validates >= 1
     if max_shards < 1:
         raise UsageError(f"max_shards must be >= 1, got {max_shards}")
-    _check_apart(dataset, output)
+    check_apart(dataset, output)
     if old_id_col == id_col:
         raise UsageError(f"old_id_col must differ from the id column {id_col!r}")
     manifest = discover(dataset, count_records=False)

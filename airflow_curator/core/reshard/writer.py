@@ -93,7 +93,7 @@ class InputCache:
         plan = self.plan
         table = parquet.read_table(inp.metadata, inp.stem)
         ids = check_ids(table.column(plan.id_col).to_pylist(), inp.stem, inp.metadata)
-        rows, _ = kept_rows(table, plan.filter_column, inp.stem)
+        rows, _ = kept_rows(table, plan.filter_column, inp.stem, plan.id_col)
         if len(rows) != inp.kept or ids_digest([ids[r] for r in rows]) != inp.digest:
             raise ShardError(
                 inp.stem,
@@ -171,11 +171,16 @@ def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[
         elif f.name == plan.old_id_col:
             columns.append(_cast(pa.array(old), f.type))
         else:
+            # arrays, not ChunkedArrays: pyarrow fails on those of lists with nulls (a failed
+            # image's null embedding)
             chunks = [
-                _cast(t.column(f.name), f.type)
-                if f.name in t.column_names
-                else pa.nulls(len(t), f.type)
+                chunk
                 for t in parts
+                for chunk in (
+                    _cast(t.column(f.name), f.type).chunks
+                    if f.name in t.column_names
+                    else [pa.nulls(len(t), f.type)]
+                )
             ]
             columns.append(pa.chunked_array(chunks, f.type) if chunks else pa.nulls(n, f.type))
     return pa.Table.from_arrays(columns, schema=schema).combine_chunks()

@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="open_clip architecture (ViT-L-14) or an open_clip model-config .json",
+        help="open_clip architecture (ViT-L-14), an open_clip model-config .json, or timm:NAME "
+        "for a timm image model (image embeddings only: no text embedding or clip_score)",
     )
     p.add_argument(
         "--weights",
@@ -38,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aesthetic-sha256", help="pin --aesthetic-weights to this sha256")
     p.add_argument(
         "--nsfw-weights",
-        help="LAION CLIP-based NSFW detector as a PyTorch state dict (URI), or 'none'",
+        help="LAION CLIP-based NSFW detector as a PyTorch state dict (URI), or 'none'; default: "
+        "NeMo Curator's file, clip_autokeras_binary_nsfw.pth from LAION's zip (no published "
+        "digest: its sha256 is logged, pin it with --nsfw-sha256)",
     )
     p.add_argument("--nsfw-sha256", help="pin --nsfw-weights to this sha256")
     options.device(p)

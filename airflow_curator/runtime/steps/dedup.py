@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=0.01, help="duplicates: similarity > 1 - eps")
     p.add_argument("--block", type=int, default=2048, help="rows per similarity block")
     p.add_argument(
+        "--keep", choices=("aesthetic", "hard", "easy", "random"), default="aesthetic",
+        help="which record of a near-duplicate set is kept: the highest aesthetic score (then "
+        "lowest id), or NeMo Curator's hard (farthest from the centroid), easy (closest), random",
+    )  # fmt: skip
+    p.add_argument(
         "--exact", choices=("auto", "on", "off"), default="auto",
         help="exact duplicates from dedup-hash: auto when its files exist",
     )  # fmt: skip
@@ -35,5 +40,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return dedup_clusters(
         args.output, args.clusters, annotations=args.annotations, eps=args.eps,
-        block=args.block, exact=args.exact, device=args.device,
+        block=args.block, exact=args.exact, device=args.device, keep=args.keep,
     )  # fmt: skip

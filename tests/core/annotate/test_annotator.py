@@ -218,9 +218,21 @@ def test_head_width_mismatch_is_refused(tmp_path, tiny):
         _ = Annotator(opts).clip
 
 
-def test_nsfw_has_no_unpinned_default(options):
-    with pytest.raises(CuratorError, match="nsfw"):
-        Annotator(Options(**{**options.__dict__, "nsfw_weights": None}))
+def test_nsfw_default_is_the_heads_default(options, tmp_path, monkeypatch):
+    """No --nsfw-weights: NeMo Curator's file (here a local zip in its place)."""
+    import zipfile
+
+    from airflow_curator.core.annotate import heads, weights
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    archive = tmp_path / "clip_autokeras_binary_nsfw.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(options.nsfw_weights, "clip_autokeras_binary_nsfw.pth")
+    url = f"zip://clip_autokeras_binary_nsfw.pth::{archive}"
+    monkeypatch.setitem(heads.DEFAULTS, "nsfw", url)
+    annotator = Annotator(Options(**{**options.__dict__, "nsfw_weights": None}))
+    assert annotator.head_files["nsfw"].uri == url
+    assert annotator.head_files["nsfw"].sha256 == weights.digest(options.nsfw_weights)
 
 
 def test_all_images_bad_still_writes_the_shard(tmp_path, options, annotator):

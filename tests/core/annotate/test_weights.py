@@ -102,3 +102,113 @@ def test_aesthetic_head_loads_the_published_layout(tmp_path):
     torch.save({"fc.weight": torch.zeros(1, 768)}, wrong)
     with pytest.raises(Exception, match=r"layers\.0\.weight"):
         Head("aesthetic", resolve(str(wrong)), 768)
+
+
+def nemo_nsfw_state(seed: int = 0) -> dict:
+    """A state dict in the layout of the file NeMo Curator loads (its ``NSFWModel``:
+    ``norm.mean``, ``norm.variance``, ``linear_1`` .. ``linear_4``), made independently here."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(768, 64), (64, 512), (512, 256), (256, 1)]
+    state = {"norm.mean": torch.randn(768, generator=g) * 0.01,
+             "norm.variance": torch.rand(768, generator=g) + 0.5}  # fmt: skip
+    for i, (a, b) in enumerate(sizes, start=1):
+        state[f"linear_{i}.weight"] = torch.randn(b, a, generator=g) / a**0.5
+        state[f"linear_{i}.bias"] = torch.randn(b, generator=g) * 0.1
+    return state
+
+
+def nemo_nsfw_forward(state: dict, x):
+    x = (x - state["norm.mean"]) / state["norm.variance"].sqrt()
+    for i in range(1, 4):
+        x = torch.relu(x @ state[f"linear_{i}.weight"].T + state[f"linear_{i}.bias"])
+    return torch.sigmoid(x @ state["linear_4.weight"].T + state["linear_4.bias"]).squeeze(-1)
+
+
+@pytest.fixture
+def laion_zip(tmp_path):
+    """LAION's zip layout: the .pth at the root of clip_autokeras_binary_nsfw.zip."""
+    import zipfile
+
+    state = nemo_nsfw_state()
+    pth = tmp_path / "clip_autokeras_binary_nsfw.pth"
+    torch.save(state, pth)
+    folder = tmp_path / "files" / "10250461"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "clip_autokeras_binary_nsfw.zip", "w") as z:
+        z.write(pth, "clip_autokeras_binary_nsfw.pth")
+    return state, pth.read_bytes(), tmp_path
+
+
+@pytest.fixture
+def http_server(laion_zip):
+    """A file server on 127.0.0.1 (a free port), counting the requests it answers."""
+    import functools
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            hits.append(self.path)
+
+    handler = functools.partial(Handler, directory=str(laion_zip[2]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_nsfw_default_is_nemos_file_inside_laions_zip():
+    from airflow_curator.core.annotate.heads import DEFAULTS
+
+    assert (
+        DEFAULTS["nsfw"]
+        == weights.NSFW_URL
+        == (
+            "zip://clip_autokeras_binary_nsfw.pth::https://github.com/LAION-AI/"
+            "CLIP-based-NSFW-Detector/files/10250461/clip_autokeras_binary_nsfw.zip"
+        )
+    )
+    assert weights.expected_digest(weights.NSFW_URL) is None  # LAION publishes none
+
+
+def test_zip_member_is_fetched_extracted_and_cached_once(
+    tmp_path, monkeypatch, laion_zip, http_server, caplog
+):
+    from airflow_curator.core.annotate.heads import Head
+
+    state, pth_bytes, _ = laion_zip
+    base, hits = http_server
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    url = f"zip://clip_autokeras_binary_nsfw.pth::{base}/files/10250461/clip_autokeras_binary_nsfw.zip"
+    with caplog.at_level("WARNING"):
+        got = resolve(url)
+    assert Path(got.path).read_bytes() == pth_bytes
+    assert got.sha256 == hashlib.sha256(pth_bytes).hexdigest()
+    assert f"sha256 {got.sha256}" in caplog.text  # logged for the user to pin
+    served = len(hits)
+    assert served >= 1
+    assert resolve(url, got.sha256).path == got.path  # pinned now, from the cache
+    assert len(hits) == served  # nothing downloaded again
+    with pytest.raises(WeightsError, match="refusing"):
+        resolve(url, "0" * 64)
+    head = Head("nsfw", got, 768)  # scores exactly as NeMo's model does
+    x = torch.nn.functional.normalize(torch.randn(6, 768), dim=-1)
+    assert torch.allclose(head(x), nemo_nsfw_forward(state, x), atol=1e-6)
+
+
+def test_zip_member_errors_are_clear(tmp_path, monkeypatch, laion_zip):
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    archive = laion_zip[2] / "files" / "10250461" / "clip_autokeras_binary_nsfw.zip"
+    with pytest.raises(WeightsError, match=r"has no other\.pth \(members: clip_autokeras"):
+        resolve(f"zip://other.pth::{archive}")
+    not_zip = tmp_path / "plain.zip"
+    not_zip.write_bytes(b"nope")
+    with pytest.raises(WeightsError, match="is not a zip file"):
+        resolve(f"zip://x.pth::{not_zip}")
+    with pytest.raises(WeightsError, match="expected zip://MEMBER::ZIP_URL"):
+        resolve("zip://x.pth")

@@ -55,6 +55,32 @@ def test_rank_order_prefers_high_score_then_low_id():
     assert [ids[i] for i in rank_order(ids, scores)] == ["004", "002", "003", "001"]
 
 
+def test_nemo_keep_rules_rank_by_distance_to_the_centroid():
+    """NeMo Curator's which_to_keep: hard keeps the farthest from the centroid (ties: higher
+    id), easy the closest (ties: lower id), random a seeded draw that ignores row order."""
+    ids = np.array(["003", "001", "002", "004"])
+    distance = np.array([0.2, 0.5, 0.2, 0.1], dtype=np.float32)
+    nan = np.full(4, np.nan, dtype=np.float32)
+
+    def ranked(keep, order=slice(None), seed=0):
+        return [ids[order][i] for i in rank_order(ids[order], nan, keep, distance[order], seed)]
+
+    assert ranked("hard") == ["001", "003", "002", "004"]
+    assert ranked("easy") == ["004", "002", "003", "001"]
+    assert ranked("random") == ranked("random", slice(None, None, -1))
+    assert sorted(ranked("random")) == sorted(ids)
+    assert {tuple(ranked("random", seed=s)) for s in range(6)} != {tuple(ranked("random"))}
+    with pytest.raises(ValueError, match="keep must be one of"):
+        rank_order(ids, nan, "best")
+
+
+def test_eps_none_marks_every_best_match():
+    x = normalise(np.array([[1, 0], [1, 0.001], [0, 1]], dtype=np.float32))
+    dup_of, sims = near_duplicates(x, None)
+    assert list(dup_of) == [-1, 0, 1]  # the last one's best higher-ranked match, however far
+    assert sims[2] == pytest.approx(float(x[2] @ x[1]), abs=1e-6)
+
+
 def test_planted_pairs_recall_and_precision(tmp_path):
     out = str(tmp_path / "o")
     planted = write_synthetic_annotations(

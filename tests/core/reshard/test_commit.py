@@ -36,9 +36,12 @@ def test_manifest_has_counts_sizes_and_sha256(planned):
             assert f["size"] == len(data)
             assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert (out / "_SUCCESS").exists()
-    before = (out / "_manifest.json").read_bytes()
+    # open_clip's loader sizes the dataset from sizes.json instead of --train-num-samples
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sizes == {"00000.tar": 2, "00001.tar": 2, "00002.tar": 2} and result["sizes"]
+    before = (out / "_manifest.json").read_bytes(), (out / "sizes.json").read_bytes()
     commit(p["plan"], verify_hashes=True)
-    assert (out / "_manifest.json").read_bytes() == before
+    assert ((out / "_manifest.json").read_bytes(), (out / "sizes.json").read_bytes()) == before
 
 
 def test_missing_output_is_an_error_and_no_success(planned):
@@ -88,7 +91,9 @@ def test_leftovers_swept_and_success_removed_by_a_new_plan(planned):
         "_SUCCESS",
         "_manifest.json",
         "_work",
+        "sizes.json",
     ]
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 2}  # the new plan's
     assert sorted(os.listdir(out / "_work" / "reshard")) == ["00000.json"]
 
 
