@@ -7,9 +7,11 @@ logged, retried). Failures end with one line, ``airflow-curator <step>: error: <
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +20,8 @@ from airflow_curator.core.io import storage
 from airflow_curator.runtime.registry import STEPS, build_parser, step_module
 
 logger = logging.getLogger("airflow_curator")
+# set in pods to the container's terminationMessagePath, so the failure shows the reason
+TERMINATION_LOG_ENV = "CURATOR_TERMINATION_LOG"
 
 
 def write_result(result: dict[str, Any], path: str | None) -> None:
@@ -42,13 +46,22 @@ def main(argv: list[str] | None = None) -> int:
         result = step_module(args.step).run(args)
         write_result(result, args.result_json)
     except CuratorError as e:
-        print(f"airflow-curator {args.step}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return fail(args.step, str(e), e.exit_code)
     except Exception as e:  # a bug: the traceback is what a maintainer needs
         logger.exception("airflow-curator %s failed", args.step)
-        print(f"airflow-curator {args.step}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return BUG_EXIT
+        return fail(args.step, f"{type(e).__name__}: {e}", BUG_EXIT)
     return 0
+
+
+def fail(step: str, reason: str, code: int) -> int:
+    """Print the step's one-line reason (and write it to the termination log in a pod)."""
+    line = f"airflow-curator {step}: error: {reason}"
+    print(line, file=sys.stderr)
+    path = os.environ.get(TERMINATION_LOG_ENV)
+    if path:
+        with contextlib.suppress(OSError), open(path, "wb") as f:
+            f.write(" ".join(line.split()).encode()[:4096])  # what Kubernetes keeps
+    return code
 
 
 def entry() -> None:

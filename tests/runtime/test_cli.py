@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,28 @@ def test_build_argv_of_an_on_off_option_parses_back(value):
     argv = build_argv("commit", {"plan": "p.json", "sync": value})
     assert argv == ["commit", "--plan", "p.json", "--sync" if value else "--no-sync"]
     assert step_parser("commit").parse_args(argv[1:]).sync is value
+
+
+def test_failure_reason_goes_to_the_termination_log(tmp_path, monkeypatch):
+    """In a pod (``CURATOR_TERMINATION_LOG`` set to the container's terminationMessagePath) the
+    one-line reason is also the pod's termination message; elsewhere nothing is written."""
+    log = tmp_path / "termination-log"
+    missing = str(tmp_path / "drops" / "2026-11-22")
+    env = {**os.environ, "CURATOR_TERMINATION_LOG": str(log)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow_curator.runtime.cli", "discover", "--dataset", missing],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode in (1, 2)
+    (line,) = [t for t in proc.stderr.splitlines() if ": error: " in t]
+    assert (
+        log.read_text()
+        == line
+        == f"airflow-curator discover: error: dataset folder {missing} does not exist"
+    )
+    log.unlink()
+    monkeypatch.delenv("CURATOR_TERMINATION_LOG", raising=False)
+    assert run_cli("discover", "--dataset", missing).returncode == proc.returncode
+    assert not log.exists()
