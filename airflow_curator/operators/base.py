@@ -22,11 +22,13 @@ from typing import Any, ClassVar
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import Asset, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 
-from airflow_curator.operators.local import USAGE_EXIT, LocalRunner, StepFailed
+from airflow_curator.operators.failure import TERMINATION_LOG, pod_failure, step_failure
+from airflow_curator.operators.local import LocalRunner, StepFailed
 from airflow_curator.runtime.argv import build_argv
+from airflow_curator.runtime.cli import TERMINATION_LOG_ENV
 from airflow_curator.runtime.registry import STEPS, accepted_options
 
 logger = logging.getLogger(__name__)
@@ -203,6 +205,13 @@ class CuratorOperator(KubernetesPodOperator):
             pod.spec.containers[0],
         )
         container.args = self.argv(result_json=XCOM_RESULT if self.do_xcom_push else None)
+        # the CLI writes its one-line reason where Kubernetes reads the termination message
+        container.termination_message_path = container.termination_message_path or TERMINATION_LOG
+        env = [e for e in container.env or [] if e.name != TERMINATION_LOG_ENV]
+        container.env = [
+            *env,
+            k8s.V1EnvVar(name=TERMINATION_LOG_ENV, value=container.termination_message_path),
+        ]
         gpus = self.gpu_count()
         if gpus:
             res = container.resources or k8s.V1ResourceRequirements()
@@ -240,15 +249,23 @@ class CuratorOperator(KubernetesPodOperator):
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
         return self.finish(context, super().trigger_reentry(context, event))
 
+    def cleanup(self, pod: Any, remote_pod: Any, *args: Any, **kwargs: Any) -> None:
+        """The pod operator's clean-up, which raises on a failed pod (deferred or not): the
+        failure then follows the exit-code contract, with the step's own reason."""
+        try:
+            super().cleanup(pod, remote_pod, *args, **kwargs)
+        except AirflowSkipException:
+            raise
+        except AirflowException as e:
+            raise pod_failure(self.step, remote_pod, self.base_container_name, e) from e
+
     def execute_local(self, context: Any) -> dict[str, Any]:
         self._runner = LocalRunner(log=self.log)
         with self._credentials_env() as env:
             try:
                 return self._runner.run(self.argv(), env=env)
             except StepFailed as e:
-                if e.returncode == USAGE_EXIT:  # bad arguments or input: retrying cannot help
-                    raise AirflowFailException(str(e)) from None
-                raise AirflowException(str(e)) from None
+                raise step_failure(self.step, e.returncode, e.reason) from None
             finally:
                 self._runner = None
 

@@ -1,8 +1,9 @@
 """Local execution: the step's argv as a subprocess on the worker, result read back as a dict.
 
 The same argv a pod runs, started with this interpreter (``python -m airflow_curator.runtime.cli``)
-and never through a shell. Output is streamed into the task log line by line; the step's one-line
-reason on failure becomes the task's error message.
+and never through a shell. Output is streamed into the task log line by line at the level the step
+logged it (so the UI's level filter finds the warnings); the step's one-line reason on failure
+becomes the task's error message.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +24,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CLI_MODULE = "airflow_curator.runtime.cli"
-USAGE_EXIT = 2  # bad arguments or missing input: a retry cannot help
+# a record as the CLI logs it: "2026-03-01 12:00:00,123 WARNING airflow_curator.x: message"
+RECORD = re.compile(
+    r"^\d{4}-\d\d-\d\d[ T][\d:.,]+\s+(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+(?P<text>.*)$"
+)
 
 
 class StepFailed(RuntimeError):
@@ -76,10 +81,11 @@ class LocalRunner:
                 start_new_session=True,  # so kill() reaches the step's worker processes too
             )
             assert self.proc.stdout is not None
+            relay = LineRelay(self.log)
             for line in self.proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
-                self.log.info("%s", line)
+                relay.line(line)
             code = self.proc.wait()
             self.proc = None
             if code != 0:
@@ -98,10 +104,33 @@ class LocalRunner:
                 os.killpg(proc.pid, signal.SIGTERM)
 
 
+class LineRelay:
+    """Re-logs the step's output lines at their own level: a log record's level comes from its
+    header (whose time and level the task log repeats, so they are dropped); the lines that
+    continue a record (a traceback) keep its level; the step's error line is an error."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.level = logging.INFO
+
+    def line(self, line: str) -> None:
+        m = RECORD.match(line)
+        if m:
+            self.level = logging.getLevelName(m.group("level"))
+            line = m.group("text")
+        elif line.startswith("Traceback (most recent call last)") or _error_line(line):
+            self.level = logging.ERROR
+        self.log.log(self.level, "%s", line)
+
+
+def _error_line(line: str) -> bool:
+    return line.startswith("airflow-curator ") and ": error: " in line
+
+
 def _reason(tail: Sequence[str]) -> str:
     """The step's own one-line error if it printed one, else the last non-empty line."""
     for line in reversed(tail):
-        if line.startswith("airflow-curator ") and ": error: " in line:
+        if _error_line(line):
             return line
     lines = [t for t in tail if t.strip()]
     return lines[-1] if lines else "no output"

@@ -195,3 +195,55 @@ def test_kill_stops_the_step_process(tmp_path, monkeypatch):
     thread.join(10)
     assert not thread.is_alive() and time.monotonic() - t0 < 20
     assert isinstance(errors[0], StepFailed) and errors[0].returncode < 0
+
+
+def test_step_lines_keep_their_log_level(demo_dataset, caplog):
+    """The task log gets each line at the level the step logged it, so the UI's level filter
+    finds the warnings; the step's error line and tracebacks are errors."""
+    import logging
+
+    path, _ = demo_dataset
+    os.remove(os.path.join(path, "00001.parquet"))
+    log = logging.getLogger("test.step")
+    with caplog.at_level(logging.DEBUG, logger="test.step"):
+        LocalRunner(log=log).run(["discover", "--dataset", path, "--on-invalid", "skip"])
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "test.step"]
+    (warning,) = [m for lvl, m in records if lvl == logging.WARNING]
+    assert warning.startswith("airflow_curator.core.dataset.discovery: skipping shard 00001:")
+    assert any(lvl == logging.INFO and "discovered 1 shards" in m for lvl, m in records)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="test.step"), pytest.raises(StepFailed):
+        LocalRunner(log=log).run(["discover", "--dataset", os.path.join(path, "nope")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and errors[-1].startswith("airflow-curator discover: error: dataset folder")
+
+
+def test_relay_levels_of_continuation_lines(caplog):
+    import logging
+
+    from airflow_curator.operators.local import LineRelay
+
+    log = logging.getLogger("test.relay")
+    relay = LineRelay(log)
+    lines = [
+        "2026-03-01 12:00:00,001 WARNING airflow_curator.x: weights w are not pinned",
+        "  a continuation of that record",
+        "2026-03-01 12:00:01,002 INFO airflow_curator.x: done",
+        "plain output",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "KeyError: 'k'",
+    ]
+    with caplog.at_level(logging.DEBUG, logger="test.relay"):
+        for line in lines:
+            relay.line(line)
+    got = [(logging.getLevelName(r.levelno), r.getMessage()) for r in caplog.records]
+    assert got == [
+        ("WARNING", "airflow_curator.x: weights w are not pinned"),
+        ("WARNING", "  a continuation of that record"),
+        ("INFO", "airflow_curator.x: done"),
+        ("INFO", "plain output"),
+        ("ERROR", "Traceback (most recent call last):"),
+        ("ERROR", '  File "x.py", line 1, in <module>'),
+        ("ERROR", "KeyError: 'k'"),
+    ]

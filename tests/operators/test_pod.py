@@ -171,7 +171,7 @@ def test_building_the_pod_twice_gives_the_same_pod():
     first["metadata"].pop("name"), second["metadata"].pop("name")
     assert first == second
     env = base_container(second)["env"]
-    assert [e["name"] for e in env] == ["CURATOR_LOG", "POD_NAME"]
+    assert [e["name"] for e in env] == ["CURATOR_LOG", "POD_NAME", "CURATOR_TERMINATION_LOG"]
     validate(second)
 
 
