@@ -131,3 +131,21 @@ def test_failure_reason_goes_to_the_termination_log(tmp_path, monkeypatch):
     monkeypatch.delenv("CURATOR_TERMINATION_LOG", raising=False)
     assert run_cli("discover", "--dataset", missing).returncode == proc.returncode
     assert not log.exists()
+
+
+def test_discover_of_a_folder_without_shards_is_a_usage_error(tmp_path):
+    (tmp_path / "2026-11-20").mkdir()
+    (tmp_path / "2026-11-20" / "00000.tar").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    proc = run_cli("discover", "--dataset", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        f"airflow-curator discover: error: no shards in {tmp_path}: 1 other file (notes.txt), "
+        "1 folder that holds shards (2026-11-20/); pass allow_empty to accept an empty dataset"
+    )
+    result = tmp_path / "result.json"
+    ok = run_cli(
+        "discover", "--dataset", str(tmp_path), "--allow-empty", "--result-json", str(result)
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(result.read_text())["groups"] == []

@@ -9,13 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
 
 logger = logging.getLogger(__name__)
+
+LOOK_INTO = 20  # subfolders an empty dataset's error looks into for shards
+
+
+class EmptyDatasetError(UsageError):
+    """The folder holds no shard: a wrong path (the drops root, a typo) is a usage error."""
 
 
 @dataclass
@@ -92,8 +98,11 @@ def discover(
     count_records: bool = True,
     on_invalid: str = "error",
     threads: int = 16,
+    allow_empty: bool = True,
 ) -> Manifest:
-    """Pair the shard files of ``dataset``; ``on_invalid`` is ``error`` or ``skip`` (reported)."""
+    """Pair the shard files of ``dataset``; ``on_invalid`` is ``error`` or ``skip`` (reported).
+    ``allow_empty=False``: a folder without shards is an ``EmptyDatasetError`` saying what it
+    holds instead."""
     if on_invalid not in ("error", "skip"):
         raise UsageError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
     t0 = time.perf_counter()
@@ -162,6 +171,8 @@ def discover(
         raise ShardError(first["shard"], first["reason"] + more)
     for p in problems:
         logger.warning("skipping shard %s: %s", p["shard"], p["reason"])
+    if not shards and not allow_empty:
+        raise EmptyDatasetError(empty_reason(dataset, ignored, problems))
     if count_records and shards:
         with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
             for s, n in zip(shards, pool.map(_parquet_rows, shards), strict=True):
@@ -178,6 +189,42 @@ def discover(
         len(ignored),
     )
     return manifest
+
+
+def empty_reason(dataset: str, ignored: list[str], skipped: list[dict[str, str]]) -> str:
+    """What a folder without shards holds instead: other files, invalid shards, and which of
+    its subfolders hold shards (the dated drop under the drops root, for example)."""
+    found = []
+    if skipped:
+        found.append(f"{_count(len(skipped), 'invalid shard')} skipped ({skipped[0]['reason']})")
+    if ignored:
+        found.append(f"{_count(len(ignored), 'other file')} ({preview(ignored, 3)})")
+    with storage.reading(dataset, "listing"):
+        folders = storage.list_folders(dataset)
+        held = [f for f in folders[:LOOK_INTO] if _holds_shards(storage.join(dataset, f))]
+    if held:
+        names = ", ".join(f"{f}/" for f in held[:5]) + (", ..." if len(held) > 5 else "")
+        verb = "holds" if len(held) == 1 else "hold"
+        found.append(f"{_count(len(held), 'folder')} that {verb} shards ({names})")
+    if len(folders) > len(held):
+        unchecked = max(0, len(folders) - LOOK_INTO)
+        found.append(
+            _count(len(folders) - len(held), "other folder")
+            + (f" ({unchecked} not looked into)" if unchecked else "")
+        )
+    what = ", ".join(found) if found else "the folder is empty"
+    return f"no shards in {dataset}: {what}; pass allow_empty to accept an empty dataset"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _holds_shards(folder: str) -> bool:
+    return any(
+        e.name.endswith(".tar") and SHARD_STEM.match(e.name[: -len(".tar")])
+        for e in storage.list_files(folder, missing_ok=True)
+    )
 
 
 def _parquet_rows(shard: Shard) -> int:

@@ -161,6 +161,21 @@ def list_files(url: str, *, missing_ok: bool = False) -> list[Entry]:
     return sorted(entries, key=lambda e: e.name)
 
 
+def list_folders(url: str) -> list[str]:
+    """Names of the folders directly in a folder (sorted; none if it does not exist)."""
+    try:
+        if is_local(url):
+            with os.scandir(local_path(url)) as it:
+                return sorted(d.name for d in it if d.is_dir(follow_symlinks=True))
+        fs, path = fs_and_path(url)
+        infos = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        posixpath.basename(i["name"].rstrip("/")) for i in infos if i.get("type") == "directory"
+    )
+
+
 def open_read(url: str, block_size: int = 8 << 20) -> IO[bytes]:
     if is_local(url):
         return open(local_path(url), "rb", buffering=0)

@@ -29,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a shard with a missing tar/Parquet or a bad name: fail, or skip and report",
     )
     p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="a folder without shards is an empty dataset (default: an error, exit 2, that "
+        "says what the folder holds instead)",
+    )
+    p.add_argument(
         "--no-count",
         dest="count",
         action="store_false",
@@ -38,7 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
-    manifest = discover(args.dataset, count_records=args.count, on_invalid=args.on_invalid)
+    manifest = discover(
+        args.dataset,
+        count_records=args.count,
+        on_invalid=args.on_invalid,
+        allow_empty=args.allow_empty,
+    )
     if args.shards:
         manifest.shards = manifest.select(args.shards)
     if args.manifest:

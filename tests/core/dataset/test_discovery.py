@@ -7,6 +7,7 @@ import time
 import pytest
 
 from airflow_curator.core.dataset.discovery import (
+    EmptyDatasetError,
     Manifest,
     Shard,
     discover,
@@ -113,6 +114,46 @@ def test_memory_filesystem():
     m = discover("memory://bucket/ds")
     assert [s.stem for s in m.shards] == ["00000", "00001", "00002"]
     assert m.records == 6 and m.shards[0].tar == "memory://bucket/ds/00000.tar"
+
+
+def test_folder_without_shards_says_what_it_holds(tmp_path):
+    """The drops root instead of a dated drop (a typo away): an error naming the subfolders
+    that hold shards and the other files, unless an empty dataset is allowed."""
+    from airflow_curator.testing.dataset import write_demo_dataset
+
+    drops = tmp_path / "drops"
+    write_demo_dataset(str(drops / "2026-11-20"), shards=1, records_per_shard=2)
+    (drops / "notes").mkdir()
+    for name in ("README.md", "index.json", "00000_stats.json"):
+        touch(drops, name)
+    with pytest.raises(EmptyDatasetError) as e:
+        discover(str(drops), allow_empty=False)
+    assert str(e.value) == (
+        f"no shards in {drops}: 3 other files (00000_stats.json, README.md, index.json), "
+        "1 folder that holds shards (2026-11-20/), 1 other folder; "
+        "pass allow_empty to accept an empty dataset"
+    )
+    assert isinstance(e.value, ValueError)  # a usage error: exit 2
+    assert discover(str(drops)).shards == []  # the library's callers opt in
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EmptyDatasetError, match=r"no shards in .*empty: the folder is empty"):
+        discover(str(empty), allow_empty=False)
+
+
+def test_folder_of_invalid_shards_only(tmp_path):
+    touch(tmp_path, "00000.tar")
+    with pytest.raises(EmptyDatasetError, match=r"1 invalid shard skipped \(00000.tar has no"):
+        discover(str(tmp_path), on_invalid="skip", allow_empty=False)
+
+
+def test_empty_memory_folder_lists_its_subfolders():
+    from airflow_curator.testing.dataset import write_demo_dataset
+
+    write_demo_dataset("memory://bucket/roots/2026-11-21", shards=1, records_per_shard=2)
+    with pytest.raises(EmptyDatasetError) as e:
+        discover("memory://bucket/roots", allow_empty=False)
+    assert "memory://bucket/roots: 1 folder that holds shards (2026-11-21/);" in str(e.value)
 
 
 def shards(sizes):
