@@ -8,26 +8,32 @@ discover -> index[group] -> annotate[group]
          -> report (``<output>/report.html``)
 
 Where it reads and writes:
-- ``dataset`` param, or when empty the dated drop folder ``<drops>/<YYYY-MM-DD>`` of the run's
-  logical date (a manual run without one uses the day it runs), so scheduled runs and
-  ``airflow backfill create`` process each day's drop;
+- ``dataset`` param, or when empty (null) the dated drop folder ``<drops>/<YYYY-MM-DD>`` of the
+  run's logical date (a manual run without one uses the day it runs), so scheduled runs and
+  backfills (the UI's Backfill tab, ``airflow backfill create``) process each day's drop; a folder
+  without shards fails the run at once unless ``allow_empty``;
 - ``output`` param, or when empty ``<curated>/<YYYY-MM-DD>``; work files go to ``<output>/_work``.
+Every param has a default, so the trigger form opens ready to submit.
 Every step skips work that is done, so rerunning or backfilling a curated drop is cheap and
 writes the same bytes. Steps run as local subprocesses or as pods (``execution`` param, else
 ``[curator] execution`` / ``AIRFLOW__CURATOR__EXECUTION``); annotation pods get GPUs.
 
 Deployment knobs (environment of the scheduler/workers): ``CURATOR_DROPS`` and
 ``CURATOR_CURATED`` (default roots), ``CURATOR_GPU_POOL`` and ``CURATOR_MAX_GPU_TASKS`` (GPU
-capacity), ``CURATOR_SCHEDULE`` (cron or preset, ``none`` for manual only).
+capacity), ``CURATOR_SCHEDULE`` (cron or preset, ``none`` for manual only), ``CURATOR_PARAMS``
+(a JSON object of param defaults, e.g. ``{"model": "ViT-B-32", "min_aesthetic": 5}``: what
+scheduled runs, backfills and the form's defaults use).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Asset, Param
+from airflow.sdk.definitions.param import ParamsDict
 
 from airflow_curator.operators import (
     CommitOperator,
@@ -50,6 +56,8 @@ CURATED = os.environ.get("CURATOR_CURATED", "gs://example-bucket/image-text/cura
 SCHEDULE = os.environ.get("CURATOR_SCHEDULE", "@daily")
 GPU_POOL = os.environ.get("CURATOR_GPU_POOL", "default_pool")
 MAX_GPU_TASKS = int(os.environ.get("CURATOR_MAX_GPU_TASKS", "8"))
+PARAM_DEFAULTS = json.loads(os.environ.get("CURATOR_PARAMS") or "{}")
+SHA256 = "^((sha256:)?[0-9A-Fa-f]{64})?$"  # a pin, or empty for the built-in pin table
 
 # Downstream training DAGs schedule on this; each event's extra has the output URI and counts.
 CURATED_ASSET = Asset(name="curated_image_text_pairs", uri=CURATED)
@@ -62,6 +70,33 @@ OUTPUT = "{{ params.output or (params.curated ~ '/' ~ " + DROP_DATE + ") }}"
 
 def _param(name: str) -> str:
     return "{{ params." + name + " }}"
+
+
+def _defaults(params: ParamsDict) -> None:
+    """Set the deployment's param defaults from ``CURATOR_PARAMS``, checked here at parse time
+    (a wrong name or value shows as an import error, not as failed runs)."""
+    unknown = sorted(set(PARAM_DEFAULTS) - set(params))
+    if unknown:
+        raise ValueError(f"CURATOR_PARAMS: no such params {unknown}; params: {sorted(params)}")
+    for name, value in PARAM_DEFAULTS.items():
+        old = params.get_param(name)
+        params[name] = Param(value, description=old.description, **old.schema)
+        params.get_param(name).resolve()  # validates the value against the param's schema
+
+
+def _path(title: str, description: str) -> Param:
+    """An optional text param: null or empty means "the default" (the form's cleared field)."""
+    return Param(None, type=["null", "string"], title=title, description=description)
+
+
+def _pin(what: str) -> Param:
+    return Param(
+        None,
+        type=["null", "string"],
+        pattern=SHA256,
+        description=f"sha256 that {what} must have (a file that differs is refused); empty: "
+        "the built-in pin of a default file, else unpinned (a warning)",
+    )
 
 
 COMMON = {
@@ -82,25 +117,25 @@ with DAG(
     tags=["curation", "webdataset", "gpu"],
     doc_md=__doc__,
     params={
-        "dataset": Param(
-            "",
-            type="string",
-            title="Dataset",
-            description="Input WebDataset folder (local path, gs://...). Empty: the dated drop "
-            "folder under 'drops' for the run's logical date.",
+        "dataset": _path(
+            "Dataset",
+            "Input WebDataset folder (local path, gs://...). Empty: the dated drop folder "
+            "under 'drops' for the run's logical date.",
         ),
-        "output": Param(
-            "",
-            type="string",
-            title="Output",
-            description="Curated dataset folder. Empty: <curated>/<date>.",
-        ),
+        "output": _path("Output", "Curated dataset folder. Empty: <curated>/<date>."),
         "drops": Param(DROPS, type="string", minLength=1, description="Root of dated drops"),
         "curated": Param(CURATED, type="string", minLength=1, description="Root of outputs"),
+        "allow_empty": Param(
+            False,
+            type="boolean",
+            description="Accept a dataset folder without shards (the run then has nothing to "
+            "curate); off: such a run fails at once and says what the folder holds",
+        ),
         "execution": Param(
-            "",
-            type="string",
-            enum=["", "local", "kubernetes"],
+            None,
+            type=["null", "string"],
+            enum=[None, "local", "kubernetes"],
+            values_display={"null": "[curator] execution of the deployment"},
             description="Where steps run; empty: [curator] execution in the Airflow config",
         ),
         "model": Param(
@@ -109,35 +144,44 @@ with DAG(
             minLength=1,
             description="open_clip architecture or a model-config .json URI",
         ),
-        "weights": Param(
-            "", type="string", description="CLIP weights URI; empty: the pinned checkpoint"
+        "weights": _path("CLIP weights", "CLIP weights URI; empty: the pinned checkpoint"),
+        "weights_sha256": _pin("the CLIP weights"),
+        "aesthetic_weights": _path(
+            "Aesthetic head", "Aesthetic head URI or 'none'; empty: the pinned LAION head"
         ),
-        "aesthetic_weights": Param(
-            "", type="string", description="Aesthetic head URI or 'none'; empty: pinned LAION"
-        ),
+        "aesthetic_sha256": _pin("the aesthetic head"),
         "nsfw_weights": Param(
             "none",
             type="string",
             minLength=1,
-            description="NSFW head weights URI (the LAION CLIP-based detector as a PyTorch state "
-            "dict; LAION publishes only Keras, so there is no pinned default), or 'none' to skip "
-            "NSFW scoring (then leave max_nsfw empty)",
+            description="NSFW head weights URI (the LAION CLIP-based detector as a PyTorch "
+            "state dict; LAION publishes only Keras, so there is no pinned default), or "
+            "'none' to skip NSFW scoring (then leave max_nsfw empty)",
         ),
+        "nsfw_sha256": _pin("the NSFW head"),
         "min_aesthetic": Param(
-            None, type=["null", "number"], minimum=0, maximum=10, description="Keep if >= (0-10)"
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=10,
+            description="Keep if >= (0-10)",
         ),
         "max_nsfw": Param(
             None, type=["null", "number"], minimum=0, maximum=1, description="Keep if <= (0-1)"
         ),
         "min_clip_score": Param(
-            None, type=["null", "number"], minimum=-1, maximum=1, description="Keep if >= (cosine)"
+            None,
+            type=["null", "number"],
+            minimum=-1,
+            maximum=1,
+            description="Keep if >= (cosine)",
         ),
         "require": Param(
             [],
             type="array",
             items={"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-            description="Boolean columns of the input metadata that must also be true to pass "
-            "(your own labels, an earlier pass); one per line",
+            description="Boolean columns of the input metadata that must also be true to "
+            "pass (your own labels, an earlier pass); one per line",
         ),
         "filter_column": Param(
             "passes_curation",
@@ -159,8 +203,8 @@ with DAG(
         "dedup": Param(
             True,
             type="boolean",
-            description="Drop near-duplicate images (SemDedup on the CLIP embeddings) and exact "
-            "duplicates (same bytes): keeps the highest aesthetic score of each set",
+            description="Drop near-duplicate images (SemDedup on the CLIP embeddings) and "
+            "exact duplicates (same bytes): keeps the highest aesthetic score of each set",
         ),
         "dedup_eps": Param(
             0.01,
@@ -181,8 +225,11 @@ with DAG(
         ),
     },
 ) as dag:
+    _defaults(dag.params)
     discover = ShardDiscoveryOperator(
-        task_id="discover", options={"group_bytes": _param("group_bytes")}, **COMMON
+        task_id="discover",
+        options={"group_bytes": _param("group_bytes"), "allow_empty": _param("allow_empty")},
+        **COMMON,
     )
     groups = discover.output
 
@@ -198,8 +245,11 @@ with DAG(
             for name in (
                 "model",
                 "weights",
+                "weights_sha256",
                 "aesthetic_weights",
+                "aesthetic_sha256",
                 "nsfw_weights",
+                "nsfw_sha256",
                 "device",
                 "batch_size",
             )
