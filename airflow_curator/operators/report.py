@@ -2,7 +2,9 @@
 
 The run record (``<output>/_work/run.json``) is written from the worker before the step runs,
 from the XComs of the tasks upstream, so ``airflow-curator report`` can re-render the same page
-later from storage alone. The task links to the page (an operator extra link) and returns its URI.
+later from storage alone. The task records the page's URI (XCom ``curation_report``) and links
+to it through the api-server (the provider's plugin streams it to users who may read the DAG,
+whatever the storage: no file:// or bucket console link a browser cannot open).
 """
 
 from __future__ import annotations
@@ -17,29 +19,20 @@ from airflow.sdk.execution_time.xcom import XCom
 from airflow_curator.core import layout
 from airflow_curator.core.io import storage
 from airflow_curator.operators.base import RESULT_KEY, CuratorOperator
+from airflow_curator.plugin import REPORT_XCOM, report_path
 
 logger = logging.getLogger(__name__)
 
 
-def report_http_url(uri: str) -> str:
-    """A browser URL for the report: the authenticated GCS viewer for ``gs://``, else as is."""
-    if uri.startswith("gs://"):
-        return "https://storage.cloud.google.com/" + uri[len("gs://") :]
-    if "://" not in uri:
-        return "file://" + uri
-    return uri
-
-
 class CurationReportLink(BaseOperatorLink):
-    """``Curation report`` button on the report task."""
+    """``Curation report`` button on the report task: the page, served by the api-server."""
 
     name = "Curation report"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        result = XCom.get_value(ti_key=ti_key, key="return_value")
-        if isinstance(result, dict) and result.get("report"):
-            return report_http_url(str(result["report"]))
-        return ""
+        if not XCom.get_value(ti_key=ti_key, key=REPORT_XCOM):
+            return ""  # no report (yet): no button
+        return report_path(ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)
 
 
 class CurationReportOperator(CuratorOperator):
@@ -60,7 +53,8 @@ class CurationReportOperator(CuratorOperator):
                 self.log.warning("could not write the run record: %s", e)
         result = super().execute(context)
         if isinstance(result, dict) and result.get("report"):
-            self.log.info("curation report: %s", report_http_url(result["report"]))
+            context["ti"].xcom_push(key=REPORT_XCOM, value=str(result["report"]))
+            self.log.info("curation report: %s", result["report"])
         return result
 
     def write_run_record(self, context: Any) -> None:
@@ -86,5 +80,15 @@ class CurationReportOperator(CuratorOperator):
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
-    """Scalars only: per-shard lists and groups would make the record grow with the dataset."""
-    return {k: v for k, v in result.items() if v is None or isinstance(v, (str, int, float, bool))}
+    """Scalars, and the shards the try found already done (a cleared or retried task skips
+    them: the report counts their records from the shard table, so the counts add up)."""
+    brief = {k: v for k, v in result.items() if v is None or isinstance(v, (str, int, float, bool))}
+    per_shard = result.get("per_shard")
+    done = [
+        p["shard"]
+        for p in (per_shard if isinstance(per_shard, list) else [])
+        if isinstance(p, dict) and p.get("action") == "skipped" and "shard" in p
+    ]
+    if done:
+        brief["done_before"] = done
+    return brief

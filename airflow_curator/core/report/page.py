@@ -118,18 +118,21 @@ def _pairs(pairs: list[tuple[Card, Card | None]]) -> str:
     return f"<h3>Duplicates (left) and the record kept (right)</h3><div class='grid'>{cells}</div>"
 
 
-def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> str:
-    """Per step: tasks, records, failures, summed task seconds and records per task-second."""
+def _steps_table(steps: dict[str, list[dict[str, Any]]], shard_records: dict[str, int]) -> str:
+    """Per step: tasks (each mapped task's latest successful try), records, failures, summed task
+    seconds and records per task-second. A try that found shards already done (a cleared or
+    retried task) counts their records too, from the shard table, but not in the rate."""
     if not steps:
         return '<p class="muted">No run record (run.json): per-step throughput is unknown.</p>'
     rows = []
     for step, results in steps.items():
-        records = sum(int(r.get("records") or 0) for r in results)
+        worked = sum(int(r.get("records") or 0) for r in results)
+        done = sum(shard_records.get(s, 0) for r in results for s in r.get("done_before") or [])
         failures = sum(int(r.get("failed") or r.get("failures") or 0) for r in results)
         seconds = sum(float(r.get("seconds") or 0) for r in results)
-        rate = f"{records / seconds:.1f}" if seconds and records else "–"
+        rate = f"{worked / seconds:.1f}" if seconds and worked else "–"
         rows.append(
-            f"<tr><td>{_e(step)}</td><td>{len(results)}</td><td>{records}</td>"
+            f"<tr><td>{_e(step)}</td><td>{len(results)}</td><td>{worked + done}</td>"
             f"<td>{failures}</td><td>{seconds:.1f}</td><td>{rate}</td></tr>"
         )
     return (
@@ -201,7 +204,7 @@ def render(data: ReportData) -> str:
 {_grid("Lowest aesthetic scores", data.lowest)}
 {_grid("Highest aesthetic scores", data.highest)}
 {_pairs(data.pairs)}
-<h2>Steps</h2>{_steps_table(data.steps)}
+<h2>Steps</h2>{_steps_table(data.steps, {r.shard: r.records for r in data.shards})}
 <h2>Shards</h2><table id="shards"><tr><th>shard</th><th>records</th><th>annotated</th>
 <th>failed</th><th>kept</th><th>duplicates</th></tr>{shard_rows}</table>
 <h2>Parameters</h2><pre>{_e(params)}</pre>

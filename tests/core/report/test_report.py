@@ -117,6 +117,25 @@ def test_page_is_self_contained(run):
     assert page.count('class="bar"') == 3 * 40
 
 
+def test_steps_count_shards_a_cleared_task_found_done(run):
+    """After a clear, a mapped task's latest successful try skips the shard its earlier try
+    annotated: the steps table still counts that shard's records (from the shard table), so it
+    agrees with the header; the rate counts only the work done."""
+    _, output, truth = run
+    record = json.loads(Path(f"{output}/_work/run.json").read_text())
+    record["steps"]["annotate"] = [
+        {"records": 10, "seconds": 2.0, "skipped": 0},
+        {"records": 0, "seconds": 0.5, "skipped": 1, "done_before": ["00001"]},
+        {"records": 10, "seconds": 2.0, "skipped": 0},
+    ]
+    Path(f"{output}/_work/run.json").write_text(json.dumps(record))
+    write_report(output, per_grid=4)
+    page = Path(f"{output}/report.html").read_text(encoding="utf-8")
+    assert f"<b>{truth['records']}</b>annotated" in page
+    row = re.search(r"<tr><td>annotate</td>(.*?)</tr>", page).group(1)
+    assert row == f"<td>3</td><td>{truth['records']}</td><td>0</td><td>4.5</td><td>4.4</td>"
+
+
 def test_missing_manifest_is_a_clear_error(tmp_path):
     from airflow_curator.core.errors import CuratorError
 
