@@ -84,3 +84,22 @@ def test_unknown_model_exits_2(tmp_path, tiny, capsys):
     argv = build_argv("annotate", options(tiny, dataset, tmp_path / "out", model="NoSuchNet"))
     assert main(argv) == 2
     assert "NoSuchNet" in capsys.readouterr().err
+
+
+def test_pinned_weights_log_no_false_warnings(tmp_path, tiny, caplog):
+    """With every file pinned, no "not pinned" warning; and open_clip's "Model initialized
+    randomly" (said before our weights are loaded into it) is not shown."""
+    import logging
+
+    dataset = tmp_path / "dataset"
+    write_awkward_shard(dataset, 0)
+    pins = {
+        "aesthetic-sha256": tiny["sha256"][tiny["aesthetic_weights"]],
+        "nsfw-sha256": tiny["sha256"][tiny["nsfw_weights"]],
+    }
+    argv = build_argv("annotate", options(tiny, dataset, tmp_path / "out", **pins), None)
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "--result-json", str(tmp_path / "r.json")]) == 0
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in messages if "not pinned" in m or "initialized randomly" in m], messages
+    assert any("Instantiating model" in r.getMessage() for r in caplog.records)  # open_clip ran

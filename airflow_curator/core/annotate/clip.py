@@ -6,6 +6,7 @@ OpenAI's pinned checkpoints and for the tiny random test models alike.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -138,6 +139,27 @@ def load_model(
     return ClipModel(spec, weights, device)
 
 
+class _RandomInitNotice(logging.Filter):
+    """open_clip warns (on the root logger) that a model built without ``pretrained`` is
+    initialized randomly; ours gets its checked weights right after, so the warning is false."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _weights_follow(weights: WeightsFile | None) -> Any:
+    if weights is None:  # truly random (--weights random): let open_clip say so
+        yield
+        return
+    notice = _RandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
 class ClipModel:
     """An open_clip model in eval mode on one device, with its tokenizer and preprocess config."""
 
@@ -152,12 +174,13 @@ class ClipModel:
         self.spec = spec
         self.weights = weights
         self.device = torch.device(device)
-        model = open_clip.create_model(
-            spec.name,
-            pretrained=None,
-            force_quick_gelu=quick,
-            force_preprocess_cfg=spec.preprocess or None,
-        )
+        with _weights_follow(weights):
+            model = open_clip.create_model(
+                spec.name,
+                pretrained=None,
+                force_quick_gelu=quick,
+                force_preprocess_cfg=spec.preprocess or None,
+            )
         if weights is not None:
             load_weights(model, weights)
         self.model = model.eval().to(self.device)
