@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The report's screenshot test needs a headless browser: Debian's chromium, where we may install it.
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  { apt-get update && apt-get install -y --no-install-recommends chromium; } >/dev/null 2>&1 \
-    || echo "could not install chromium: the screenshot test will fail in CI" >&2
+# The report's screenshot test and the Airflow UI tests (selenium) need a headless browser and its
+# driver: Debian's chromium and chromium-driver, where we may install them.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$(id -u)" = 0 ] \
+  && command -v apt-get >/dev/null; then
+  { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; } \
+    >/dev/null 2>&1 || echo "could not install chromium: the browser tests will fail in CI" >&2
 fi
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .

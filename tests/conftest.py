@@ -41,3 +41,13 @@ def demo_dataset(tmp_path):
     path = str(tmp_path / "dataset")
     ids = write_demo_dataset(path, shards=2, records_per_shard=6, seed=1)
     return path, ids
+
+
+@pytest.fixture(scope="session")
+def curation(tmp_path_factory):
+    """One real Airflow deployment for the session, after its curation runs (tests/dags)."""
+    from tests.dags.curation import curate
+
+    result = curate(str(tmp_path_factory.mktemp("deployment")))
+    yield result
+    result.deployment.stop()
