@@ -14,4 +14,5 @@ fi
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # core/ and runtime/, configured in pyproject.toml
 exec .venv/bin/pytest -q "$@"

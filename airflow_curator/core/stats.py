@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
+Result = dict[str, Any]  # a step's JSON result: small, heterogeneous, what lands in XCom
+
 
 def per_second(amount: float, seconds: float) -> float:
     return round(amount / max(seconds, 1e-9), 1)
@@ -31,11 +33,11 @@ class Stats:
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
 
-    def result(self, **fields: Any) -> dict[str, Any]:
+    def result(self, **fields: object) -> Result:
         """``fields``, then the counts, ``seconds``, ``records_per_s`` and ``mb_per_s`` (of the
         ``records`` and ``bytes`` among them)."""
         seconds = self.seconds
-        out: dict[str, Any] = {**fields, **self.counts, "seconds": round(seconds, 3)}
+        out: Result = {**fields, **self.counts, "seconds": round(seconds, 3)}
         if isinstance(out.get("records"), int):
             out["records_per_s"] = per_second(out["records"], seconds)
         if isinstance(out.get("bytes"), int):

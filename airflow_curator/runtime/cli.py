@@ -13,10 +13,10 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 from airflow_curator.core.errors import BUG_EXIT, CuratorError
 from airflow_curator.core.io import storage
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime.registry import STEPS, build_parser, step_module
 
 logger = logging.getLogger("airflow_curator")
@@ -24,7 +24,7 @@ logger = logging.getLogger("airflow_curator")
 TERMINATION_LOG_ENV = "CURATOR_TERMINATION_LOG"
 
 
-def write_result(result: dict[str, Any], path: str | None) -> None:
+def write_result(result: Result, path: str | None) -> None:
     text = json.dumps(result, sort_keys=True)
     if path is None:
         print(text)

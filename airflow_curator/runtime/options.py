@@ -29,7 +29,7 @@ def id_col(p: Parser) -> None:
     p.add_argument("--id-col", default="key", help="record id column (Parquet and .json)")
 
 
-def annotations(p: Parser, why: str = "") -> None:
+def annotation_folder(p: Parser, why: str = "") -> None:
     p.add_argument(
         "--annotations", help=f"annotations folder{why} (default: OUTPUT/_work/annotations)"
     )

@@ -31,7 +31,7 @@ from airflow_curator.core.errors import DataError, ShardError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import annotations_url
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats, per_second
+from airflow_curator.core.stats import Result, Stats, per_second
 from airflow_curator.core.wds.index import index_text, read_index
 from airflow_curator.core.wds.naming import split_member
 from airflow_curator.core.wds.records import iter_records
@@ -229,7 +229,6 @@ class Annotator:
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
                 storage.copy_file(shard.tar, tar)
             records = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes)
-            assert shard.parquet is not None  # discovery pairs every shard with its Parquet
             pq_ids, failed = read_shard_ids(
                 shard.parquet, self.options.id_col, shard.stem, shard.parquet_bytes
             )
@@ -261,9 +260,10 @@ class Annotator:
 
         def read(rid: str) -> bytes:
             m = by_id[rid].image
+            assert m is not None  # a record without an image has an error, and is not here
             with open(tar, "rb") as f:
-                f.seek(m.data_offset)  # type: ignore[union-attr]
-                return f.read(m.size)  # type: ignore[union-attr]
+                f.seek(m.data_offset)
+                return f.read(m.size)
 
         out: dict[str, tuple[Any, ...]] = {}
         assert self.decoder is not None
@@ -364,7 +364,7 @@ def annotate_dataset(
     shards: str | None,
     options: Options,
     annotator: Annotator | None = None,
-) -> dict[str, Any]:
+) -> Result:
     """Annotate the selected shards into ``<output>/_work/annotations``; the step's result."""
     stats = Stats()
     selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)

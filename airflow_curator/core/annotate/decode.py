@@ -144,7 +144,7 @@ def _transform(images: Any, pre: Preprocess, device: str) -> Any:
         images,
         device=device,
         crop=(h, w),
-        dtype=types.FLOAT,
+        dtype=types.DALIDataType.FLOAT,
         output_layout="CHW",
         mean=[m * 255 for m in pre.mean],
         std=[s * 255 for s in pre.std],
@@ -171,13 +171,13 @@ class Decoder:
         @pipeline_def(
             batch_size=self.batch_size,
             num_threads=self.threads,
-            device_id=self.device_id,
+            device_id=self.device_id,  # type: ignore[arg-type]  # None: no GPU, DALI allows it
             prefetch_queue_depth=prefetch,
         )
         def pipe() -> Any:
             encoded, info = source()
             images = fn.decoders.image(
-                encoded, device="mixed" if self.gpu else "cpu", output_type=types.RGB
+                encoded, device="mixed" if self.gpu else "cpu", output_type=types.DALIImageType.RGB
             )
             return _transform(images, self.pre, "gpu" if self.gpu else "cpu"), info
 
@@ -188,6 +188,7 @@ class Decoder:
     def reader_pipeline(self, tar: str, index: str) -> Any:
         def source() -> Any:
             from nvidia.dali import fn
+            from nvidia.dali.data_node import DataNode
 
             encoded = fn.readers.webdataset(
                 paths=[tar],
@@ -196,6 +197,7 @@ class Decoder:
                 missing_component_behavior="error",
                 name="reader",
             )
+            assert isinstance(encoded, DataNode)  # one ext group: one output
             return encoded, fn.get_property(encoded, key="source_info")
 
         return self._pipeline(source)
@@ -204,8 +206,8 @@ class Decoder:
         def source() -> Any:
             from nvidia.dali import fn, types
 
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            return encoded, fn.external_source(name="ids", dtype=types.UINT8, ndim=1)
+            encoded = fn.external_source(name="encoded", dtype=types.DALIDataType.UINT8, ndim=1)
+            return encoded, fn.external_source(name="ids", dtype=types.DALIDataType.UINT8, ndim=1)
 
         return self._pipeline(source, prefetch=1)
 

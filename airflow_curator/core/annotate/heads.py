@@ -8,7 +8,7 @@ gives meaningless scores on any other space).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.annotate.weights import (
     AESTHETIC_URL,
@@ -17,6 +17,9 @@ from airflow_curator.core.annotate.weights import (
     read_state_dict,
 )
 from airflow_curator.core.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +33,10 @@ class HeadError(UsageError):
     """A head checkpoint does not fit the head or the CLIP model."""
 
 
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def aesthetic_module(in_dim: int = 768) -> Any:
+def aesthetic_module(in_dim: int = 768) -> torch.nn.Module:
     """LAION improved aesthetic predictor: ``layers`` = 768->1024->128->64->16->1 with the
     published dropouts (no activations), on L2-normalised embeddings, scores on a 0-10 scale."""
-    nn = _torch().nn
+    from torch import nn
 
     class AestheticPredictor(nn.Module):
         def __init__(self) -> None:
@@ -55,30 +52,37 @@ def aesthetic_module(in_dim: int = 768) -> Any:
                 nn.Linear(16, 1),
             )
 
-        def forward(self, x: Any) -> Any:
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.layers(x).squeeze(-1)
 
     return AestheticPredictor()
 
 
-def nsfw_module(in_dim: int = 768) -> Any:
+def nsfw_module(in_dim: int = 768) -> torch.nn.Module:
     """LAION CLIP-based NSFW detector (its Keras model as PyTorch, NeMo Curator's layout):
     normalisation, 768->64->512->256->1 with ReLUs, sigmoid: probability of NSFW."""
-    torch = _torch()
-    nn = torch.nn
+    import torch
+    from torch import nn
+
+    class Norm(nn.Module):
+        mean: torch.Tensor
+        variance: torch.Tensor
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(in_dim))
+            self.register_buffer("variance", torch.ones(in_dim))
 
     class NsfwDetector(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.norm = nn.Module()
-            self.norm.register_buffer("mean", torch.zeros(in_dim))
-            self.norm.register_buffer("variance", torch.ones(in_dim))
+            self.norm = Norm()
             self.linear_1 = nn.Linear(in_dim, 64)
             self.linear_2 = nn.Linear(64, 512)
             self.linear_3 = nn.Linear(512, 256)
             self.linear_4 = nn.Linear(256, 1)
 
-        def forward(self, x: Any) -> Any:
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = (x - self.norm.mean) / self.norm.variance.sqrt()
             x = torch.relu(self.linear_1(x))
             x = torch.relu(self.linear_2(x))
@@ -126,19 +130,22 @@ class Head:
         self.weights = weights
         self.module = module.eval().to(device)
 
-    def __call__(self, embeddings: Any) -> Any:
+    def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Scores (float32, one per row) of L2-normalised float32 embeddings."""
-        torch = _torch()
+        import torch
+
         with torch.inference_mode():
-            return self.module(embeddings.float()).float()
+            scores: torch.Tensor = self.module(embeddings.float())
+            return scores.float()
 
 
 def save_head(kind: str, path: str, in_dim: int = 768, seed: int = 0) -> None:
     """A randomly initialised head in the published layout (tests, demos, benchmarks)."""
-    torch = _torch()
+    import torch
+
     torch.manual_seed(seed)
-    module = BUILDERS[kind](in_dim)
+    state = BUILDERS[kind](in_dim).state_dict()  # tensors shared with the module's
     if kind == "nsfw":
-        module.norm.mean.normal_(0, 0.01)
-        module.norm.variance.uniform_(0.5, 1.5)
-    torch.save(module.state_dict(), path)
+        state["norm.mean"].normal_(0, 0.01)
+        state["norm.variance"].uniform_(0.5, 1.5)
+    torch.save(state, path)

@@ -26,13 +26,15 @@ class EmptyDatasetError(UsageError):
 
 @dataclass
 class Shard:
+    """One shard as discovery paired it: its tar and Parquet (always both), and its index."""
+
     id: int
     stem: str
     tar: str
     tar_bytes: int
-    tar_mtime: float | None = None
-    parquet: str | None = None
+    parquet: str
     parquet_bytes: int | None = None
+    tar_mtime: float | None = None
     idx: str | None = None
     idx_fresh: bool = False
     records: int | None = None
@@ -54,8 +56,8 @@ class Manifest:
 
     @property
     def records(self) -> int | None:
-        counts = [s.records for s in self.shards]
-        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
+        counts = [s.records for s in self.shards if s.records is not None]
+        return sum(counts) if len(counts) == len(self.shards) else None
 
     @property
     def bytes(self) -> int:
@@ -139,12 +141,12 @@ def discover(
     for sid in sorted(by_id):
         files = by_id[sid]
         tar, pq, idx = files.get("tar"), files.get("parquet"), files.get("idx")
-        stem = (tar or pq or idx).name.partition(".")[0]  # type: ignore[union-attr]
+        stem = next(iter(files.values())).name.partition(".")[0]
         if tar is None:
             if pq is not None:
                 problems.append({"shard": stem, "reason": f"{pq.name} has no {stem}.tar"})
             else:
-                ignored.append(idx.name)  # type: ignore[union-attr]
+                ignored.extend(e.name for e in files.values())  # a lone .idx
             continue
         if pq is None:
             problems.append({"shard": stem, "reason": f"{tar.name} has no {stem}.parquet"})
@@ -158,9 +160,9 @@ def discover(
                 stem,
                 tar.url,
                 tar.size,
-                tar.mtime,
                 pq.url,
                 pq.size,
+                tar.mtime,
                 idx.url if idx else None,
                 fresh,
             )
@@ -228,7 +230,6 @@ def _holds_shards(folder: str) -> bool:
 
 
 def _parquet_rows(shard: Shard) -> int:
-    assert shard.parquet is not None  # discovery pairs every shard with its Parquet
     return parquet.num_rows(shard.parquet, shard.stem, size=shard.parquet_bytes)
 
 

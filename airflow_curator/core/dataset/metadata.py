@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from airflow_curator.core.errors import ShardError, preview
 from airflow_curator.core.io import parquet
 from airflow_curator.core.wds.records import Record
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +21,7 @@ STATUS_COL = "status"  # img2dataset: success | failed_to_download | failed_to_r
 OK_STATUS = "success"
 
 
-def failed_ids(table: Any, id_col: str) -> set[str]:
+def failed_ids(table: pa.Table, id_col: str) -> set[str]:
     """Rows that legitimately have no tar members: img2dataset keeps one row per input URL and
     marks the ones it could not fetch with a ``status`` other than ``success``."""
     if STATUS_COL not in table.column_names:
@@ -43,13 +47,12 @@ def read_shard_ids(
     return ids, failed_ids(table, id_col)
 
 
-def check_ids(ids: list[Any], shard: str, source: str) -> list[str]:
+def check_ids(ids: list[object], shard: str, source: str) -> list[str]:
     if any(i is None for i in ids):
         raise ShardError(shard, f"{source} has null ids")
     out = [str(i) for i in ids]
     if len(set(out)) != len(out):
-        seen: set[str] = set()
-        dups = {i for i in out if i in seen or seen.add(i)}  # type: ignore[func-returns-value]
+        dups = {i for i, n in Counter(out).items() if n > 1}
         raise ShardError(shard, f"{source} has duplicate ids: {preview(dups)}")
     return out
 

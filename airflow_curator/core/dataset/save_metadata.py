@@ -13,14 +13,17 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_curator.core.dataset.discovery import discover
+from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import check_ids
 from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Thresholds:
             "require": list(self.require),
         }
 
-    def mask(self, table: Any, shard: str) -> Any:
+    def mask(self, table: pa.Table, shard: str) -> pa.Array:
         """Boolean array: null scores and records with an error never pass."""
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -81,7 +84,7 @@ class Thresholds:
         return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
 
 
-def join_annotations(base: Any, annotations: Any, id_col: str, shard: str) -> Any:
+def join_annotations(base: pa.Table, annotations: pa.Table, id_col: str, shard: str) -> pa.Table:
     """``base`` with the annotation columns (replacing same-named ones), joined by id."""
     import pyarrow as pa
 
@@ -107,22 +110,22 @@ def join_annotations(base: Any, annotations: Any, id_col: str, shard: str) -> An
     return out
 
 
-def filter_marker(schema: Any) -> dict[str, Any]:
+def filter_marker(schema: pa.Schema) -> dict[str, Any]:
     """What save-metadata recorded about the filter column it wrote into this Parquet."""
     raw = (schema.metadata or {}).get(META_KEY)
     return json.loads(raw) if raw else {}
 
 
 def merge_shard(
-    base: Any,
-    annotations: Any | list[Any] | None,
+    base: pa.Table,
+    annotations: pa.Table | list[pa.Table] | None,
     *,
     id_col: str,
     shard: str,
     columns: list[str] | None = None,
     thresholds: Thresholds = Thresholds(),
     filter_column: str = "passes_curation",
-) -> Any:
+) -> pa.Table:
     """The shard's merged metadata table: join, filter column, column subset.
 
     A filter column the input already has and that save-metadata did not write (the user's own
@@ -204,7 +207,7 @@ def save_metadata(
     filter_column: str = "passes_curation",
     shards: str | None = None,
     workers: int = 8,
-) -> dict[str, Any]:
+) -> Result:
     """Merge and write each selected shard's metadata to ``path`` (default: in place).
 
     ``annotations`` is one folder of ``NNNNN.parquet`` or several, joined in turn. A shard whose
@@ -217,7 +220,7 @@ def save_metadata(
     if path is not None:
         storage.makedirs(path)
 
-    def one(s: Any) -> dict[str, Any]:
+    def one(s: Shard) -> dict[str, Any]:
         base = parquet.read_table(s.parquet, s.stem, size=s.parquet_bytes)
         folders = [annotations] if isinstance(annotations, str) else list(annotations or [])
         anns = []

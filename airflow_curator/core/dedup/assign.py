@@ -10,23 +10,27 @@ carries the centroids' digest, so dedup refuses assignments made with other cent
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
-from airflow_curator.core import layout
 from airflow_curator.core.dedup import store
 from airflow_curator.core.dedup.fit import Centroids, load_centroids, nearest, normalise
 from airflow_curator.core.device import pick_device
-from airflow_curator.core.errors import ShardError, UsageError
+from airflow_curator.core.errors import ShardError
 from airflow_curator.core.io import parquet
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from airflow_curator.core.dedup.store import Matrix
 
 logger = logging.getLogger(__name__)
 
 
 def read_annotations(
     url: str, shard: str, id_col: str, dim: int | None = None
-) -> tuple[Any, Any, Any]:
+) -> tuple[pa.Array, Matrix, Matrix]:
     """``(ids, embeddings, aesthetic)`` of the records that have an embedding: a pyarrow string
     array, a ``(n, dim)`` unit float32 array, and float32 with NaN for a missing score."""
     import numpy as np
@@ -53,8 +57,8 @@ def read_annotations(
 
 
 def assign_table(
-    number: int, ids: Any, x: Any, aesthetic: Any, cent: Centroids, device: str
-) -> tuple[Any, list[int]]:
+    number: int, ids: pa.Array, x: Matrix, aesthetic: Matrix, cent: Centroids, device: str
+) -> tuple[pa.Table, list[int]]:
     """The shard's assign table sorted by cluster, and its row-group sizes (rows per part)."""
     import numpy as np
     import pyarrow as pa
@@ -80,17 +84,14 @@ def assign_shards(
     annotations: str | None = None,
     id_col: str = "key",
     device: str = "auto",
-) -> dict[str, Any]:
+) -> Result:
     """Write ``assign/NNNNN.parquet`` for the selected shards' annotation files."""
     stats = Stats()
     cent = load_centroids(output)
     device = pick_device(device)
-    folder = annotations or layout.annotations_url(output)
-    files = store.shard_files(folder, shards, "annotations")
-    if not files:
-        raise UsageError(f"{folder}: no NNNNN.parquet annotation files: run annotate first")
+    files = store.annotation_files(output, annotations, shards)
     progress = Progress("dedup-assign", len(files), logger=logger)
-    per_shard = []
+    per_shard: list[Result] = []
     for number, shard, url in files:
         ids, x, aesthetic = read_annotations(url, shard, id_col, cent.dim)
         table, sizes = assign_table(number, ids, x, aesthetic, cent, device)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
-from airflow_curator.core import layout
 from airflow_curator.core.dedup import store
 from airflow_curator.core.dedup.fit import Centroids, load_centroids
 from airflow_curator.core.dedup.hash import exact_duplicates, read_part_hashes
@@ -23,8 +22,15 @@ from airflow_curator.core.device import pick_device
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.shardspec import format_spec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import pyarrow as pa
+
+    from airflow_curator.core.dedup.store import Ints, Matrix
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +39,8 @@ KEEP_RULES = ("aesthetic", "hard", "easy", "random")
 
 
 def near_duplicates(
-    x: Any, eps: float | None, block: int = 2048, device: str = "cpu"
-) -> tuple[Any, Any]:
+    x: Matrix, eps: float | None, block: int = 2048, device: str = "cpu"
+) -> tuple[Ints, Matrix]:
     """For rows of ``x`` in rank order (unit vectors): the index of the most similar
     higher-ranked row when that similarity is above ``1 - eps`` (any, for ``eps=None``), else
     -1; and the similarity."""
@@ -70,8 +76,12 @@ def near_duplicates(
 
 
 def rank_order(
-    ids: Any, aesthetic: Any, keep: str = "aesthetic", distance: Any = None, seed: int = 0
-) -> Any:
+    ids: npt.NDArray[np.str_],
+    aesthetic: Matrix,
+    keep: str = "aesthetic",
+    distance: Matrix | None = None,
+    seed: int = 0,
+) -> Ints:
     """Positions in keep order (the first of a near-duplicate set is the one kept).
 
     ``aesthetic``: highest aesthetic score first (missing last), then lowest id. NeMo Curator's
@@ -84,17 +94,17 @@ def rank_order(
     if keep == "aesthetic":
         neg = np.where(np.isnan(aesthetic), np.inf, -aesthetic.astype(np.float64))
         return np.lexsort((ids, neg))
-    if keep == "hard":
-        return np.lexsort((ids, distance))[::-1]
-    if keep == "easy":
-        return np.lexsort((ids, distance))
+    if keep in ("hard", "easy"):
+        assert distance is not None, "hard and easy rank by the distance to the centroid"
+        order: Ints = np.lexsort((ids, distance))
+        return order[::-1] if keep == "hard" else order
     if keep == "random":
         draw = [hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8] for i in ids]
         return np.lexsort((ids, np.array([int.from_bytes(d, "big") for d in draw], np.uint64)))
     raise UsageError(f"keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}")
 
 
-def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> Any | None:
+def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> pa.Table | None:
     """The part's rows from every assign file (its row groups only), in shard order."""
     import pyarrow as pa
 
@@ -117,7 +127,7 @@ def read_part(files: list[store.ShardFile], part: int, cent: Centroids) -> Any |
 
 
 def dedup_part(
-    table: Any,
+    table: pa.Table,
     eps: float | None,
     block: int,
     device: str,
@@ -155,7 +165,7 @@ def dedup_part(
     return rows, {"largest_cluster": largest}
 
 
-def dups_table(rows: list[tuple]) -> Any:
+def dups_table(rows: list[tuple]) -> pa.Table:
     import pyarrow as pa
 
     rows = sorted(rows, key=lambda r: (r[0], r[1], r[4]))
@@ -190,7 +200,7 @@ def dedup_clusters(
     exact: str = "auto",
     device: str = "auto",
     keep: str = "aesthetic",
-) -> dict[str, Any]:
+) -> Result:
     """Write ``dups/PPPPP.parquet`` for the parts of the ``clusters`` spec. ``eps=None`` marks
     every record that has a higher-ranked one in its cluster, with the similarity, so that a
     caller can apply several thresholds later (the Python API's ``extract_dedup_data``)."""
@@ -206,7 +216,7 @@ def dedup_clusters(
     cent = load_centroids(output)
     parts = cent.parts.select(clusters)
     device = pick_device(device)
-    shards = {f.number for f in store.shard_files(annotations or layout.annotations_url(output))}
+    shards = {f.number for f in store.annotation_files(output, annotations)}
     files = store.shard_files(store.folder_url(output, "assign"))
     check_complete(shards, files, "assignments", "dedup-assign")
     hash_files = store.shard_files(store.folder_url(output, "hash")) if exact != "off" else []

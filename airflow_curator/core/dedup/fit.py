@@ -13,15 +13,20 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_curator.core import layout
 from airflow_curator.core.dedup import store
 from airflow_curator.core.device import pick_device
 from airflow_curator.core.errors import DataError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from airflow_curator.core.dedup.store import Matrix
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,7 @@ ASSIGN_BATCH = 65536
 INIT_POOL = 16  # k-means++ draws initial centroids from this many rows per cluster
 
 
-def normalise(x: Any) -> Any:
+def normalise(x: Matrix) -> Matrix:
     """Rows scaled to unit length (a zero row stays zero)."""
     import numpy as np
 
@@ -39,8 +44,8 @@ def normalise(x: Any) -> Any:
 
 
 def nearest(
-    x: Any, centroids: Any, device: str = "cpu", batch: int = ASSIGN_BATCH
-) -> tuple[Any, Any]:
+    x: Matrix, centroids: Matrix, device: str = "cpu", batch: int = ASSIGN_BATCH
+) -> tuple[npt.NDArray[np.int32], Matrix]:
     """Index of the nearest centroid of each row, and its cosine similarity (numpy arrays)."""
     import numpy as np
     import torch
@@ -56,7 +61,7 @@ def nearest(
     return labels, sims
 
 
-def plus_plus(x: Any, k: int, seed: int, device: str = "cpu") -> Any:
+def plus_plus(x: Matrix, k: int, seed: int, device: str = "cpu") -> Matrix:
     """k-means++ initial centroids: each next one drawn with probability proportional to the
     squared distance to the nearest one so far (spreads them over the clusters)."""
     import numpy as np
@@ -80,7 +85,7 @@ def plus_plus(x: Any, k: int, seed: int, device: str = "cpu") -> Any:
     return x[chosen].copy()
 
 
-def kmeans(x: Any, k: int, iterations: int = 20, seed: int = 0, device: str = "cpu") -> Any:
+def kmeans(x: Matrix, k: int, iterations: int = 20, seed: int = 0, device: str = "cpu") -> Matrix:
     """``(k, dim)`` unit centroids of ``x`` (unit rows). Seeded k-means++ initial centroids; an
     emptied cluster takes the row farthest from its centroid, so none stays empty."""
     import numpy as np
@@ -111,7 +116,7 @@ def kmeans(x: Any, k: int, iterations: int = 20, seed: int = 0, device: str = "c
     return centroids
 
 
-def sample_embeddings(files: list[store.ShardFile], size: int, seed: int) -> Any:
+def sample_embeddings(files: list[store.ShardFile], size: int, seed: int) -> Matrix:
     """Up to ``size`` non-null embeddings, drawn evenly from a seeded random subset of the
     annotation files holding about ``OVERSAMPLE * size`` rows; one file in memory at a time."""
     import numpy as np
@@ -154,7 +159,7 @@ def sample_embeddings(files: list[store.ShardFile], size: int, seed: int) -> Any
 class Centroids:
     """The fitted centroids and the parameters a later step must agree with."""
 
-    vectors: Any  # (n_clusters, dim) float32
+    vectors: Matrix  # (n_clusters, dim)
     parts: store.Parts
     meta: dict[str, Any]
 
@@ -167,7 +172,7 @@ class Centroids:
         return int(self.vectors.shape[1])
 
 
-def save_centroids(url: str, vectors: Any, parts: int, meta: dict[str, Any]) -> Centroids:
+def save_centroids(url: str, vectors: Matrix, parts: int, meta: dict[str, Any]) -> Centroids:
     import numpy as np
     import pyarrow as pa
 
@@ -199,15 +204,12 @@ def fit_centroids(
     sample: int = 100_000,
     seed: int = 0,
     device: str = "auto",
-) -> dict[str, Any]:
+) -> Result:
     """Fit and write ``centroids.parquet``; the result lists the cluster groups to expand over."""
     if n_clusters < 1 or parts < 1 or iterations < 1 or sample < 1:
         raise UsageError("--n-clusters, --cluster-groups, --iterations and --sample must be >= 1")
     stats = Stats()
-    annotations = annotations or layout.annotations_url(output)
-    files = store.shard_files(annotations, what="annotations")
-    if not files:
-        raise UsageError(f"{annotations}: no NNNNN.parquet annotation files: run annotate first")
+    files = store.annotation_files(output, annotations)
     device = pick_device(device)
     x = sample_embeddings(files, sample, seed)
     k = min(n_clusters, len(x))

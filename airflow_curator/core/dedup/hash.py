@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from airflow_curator.core import layout
 from airflow_curator.core.dataset.discovery import Shard, discover
@@ -20,8 +20,13 @@ from airflow_curator.core.dedup import store
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.records import iter_records
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from airflow_curator.core.dedup.store import Matrix
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +47,6 @@ def tar_hashes(shard: Shard) -> tuple[list[str], list[bytes]]:
 
 def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] | None:
     """Ids and digests from the shard's ``sha256`` column, or None when it has none."""
-    if shard.parquet is None:
-        return None
     with parquet.open_parquet(shard.parquet, shard.stem, size=shard.parquet_bytes) as pf:
         if SHA_COLUMN not in pf.schema_arrow.names:
             return None
@@ -70,7 +73,7 @@ def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] |
     return ids, digests
 
 
-def aesthetic_of(annotations: str, shard: str, id_col: str, ids: list[str]) -> Any:
+def aesthetic_of(annotations: str, shard: str, id_col: str, ids: list[str]) -> Matrix:
     """The records' aesthetic scores from the shard's annotation file (NaN when absent)."""
     import numpy as np
 
@@ -97,7 +100,7 @@ def hash_shards(
     id_col: str = "key",
     annotations: str | None = None,
     source: str = "auto",
-) -> dict[str, Any]:
+) -> Result:
     """Write ``hash/NNNNN.parquet`` for the selected shards of the dataset."""
     import pyarrow as pa
 
@@ -107,7 +110,7 @@ def hash_shards(
     selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
     annotations = annotations or layout.annotations_url(output)
     progress = Progress("dedup-hash", len(selected), logger=logger)
-    per_shard = []
+    per_shard: list[Result] = []
     for shard in selected:
         found = parquet_hashes(shard, id_col) if source != "tar" else None
         if found is None and source == "parquet":
@@ -134,7 +137,9 @@ def hash_shards(
     )
 
 
-def read_part_hashes(files: list[store.ShardFile], part: int, parts: store.Parts) -> Any | None:
+def read_part_hashes(
+    files: list[store.ShardFile], part: int, parts: store.Parts
+) -> pa.Table | None:
     """Rows of the hash files whose sha256 falls in ``part`` (None when there are none)."""
     import numpy as np
     import pyarrow as pa
@@ -150,7 +155,7 @@ def read_part_hashes(files: list[store.ShardFile], part: int, parts: store.Parts
     return pa.concat_tables(tables) if tables else None
 
 
-def exact_duplicates(table: Any) -> list[tuple[int, int]]:
+def exact_duplicates(table: pa.Table) -> list[tuple[int, int]]:
     """``(row, kept row)`` for every row whose bytes equal a row ranked higher (highest
     aesthetic score, then lowest id)."""
     import math
@@ -163,9 +168,9 @@ def exact_duplicates(table: Any) -> list[tuple[int, int]]:
         s = scores[i]
         return digests[i], -s if s is not None and not math.isnan(s) else math.inf, ids[i]
 
-    out = []
+    out: list[tuple[int, int]] = []
     order = sorted(range(len(ids)), key=rank)
-    keep = None
+    keep = -1  # the first of each run of equal digests: set before any duplicate
     for pos, i in enumerate(order):
         if pos and digests[i] == digests[order[pos - 1]]:
             out.append((i, keep))

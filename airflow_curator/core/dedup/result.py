@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_curator.core import layout
 from airflow_curator.core.dedup import store
 from airflow_curator.core.dedup.fit import load_centroids
 from airflow_curator.core.errors import DataError, ShardError, UsageError, preview
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +79,16 @@ def write_results(
     annotations: str | None = None,
     id_col: str = "key",
     column: str = "is_unique",
-) -> dict[str, Any]:
+) -> Result:
     """Write ``result/NNNNN.parquet`` for the selected shards; counts and a few pairs."""
     import pyarrow as pa
 
     stats = Stats()
-    files = store.shard_files(annotations or layout.annotations_url(output), shards, "annotations")
-    if not files:
-        raise UsageError(f"{annotations or layout.annotations_url(output)}: no annotation files")
+    files = store.annotation_files(output, annotations, shards)
     removed, settings = read_removed(output, {f.number for f in files})
     progress = Progress("dedup-result", len(files), logger=logger)
-    per_shard, examples = [], []
+    per_shard: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
     kinds = {"semantic": 0, "exact": 0}
     for number, shard, url in files:
         table = parquet.read_table(url, shard, [id_col])

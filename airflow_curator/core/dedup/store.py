@@ -22,14 +22,22 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.groups import group_value
 from airflow_curator.core.io import parquet, storage
-from airflow_curator.core.layout import dedup_url
+from airflow_curator.core.layout import annotations_url, dedup_url
 from airflow_curator.core.wds.naming import shard_id
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import pyarrow as pa
+
+    Matrix = npt.NDArray[np.float32]  # (n, dim) float32 rows, e.g. embeddings
+    Ints = npt.NDArray[np.int64]
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +96,28 @@ def shard_files(folder: str, spec: str | None = None, what: str = "files") -> li
     return [found[n] for n in sorted(wanted)]
 
 
-def file_meta(schema: Any) -> dict[str, Any]:
+def annotation_files(
+    output: str, annotations: str | None = None, shards: str | None = None
+) -> list[ShardFile]:
+    """The annotation files the dedup steps read (default folder: the job's), at least one."""
+    folder = annotations or annotations_url(output)
+    files = shard_files(folder, shards, "annotations")
+    if not files:
+        raise UsageError(f"{folder}: no NNNNN.parquet annotation files: run annotate first")
+    return files
+
+
+def file_meta(schema: pa.Schema) -> dict[str, Any]:
     """What a dedup step recorded in one of its files (centroids digest, parts, eps, ...)."""
     raw = (schema.metadata or {}).get(META_KEY)
     return json.loads(raw) if raw else {}
 
 
 def write_file(
-    url: str, table: Any, meta: dict[str, Any] | None = None, row_groups: list[int] | None = None
+    url: str,
+    table: pa.Table,
+    meta: dict[str, Any] | None = None,
+    row_groups: list[int] | None = None,
 ) -> None:
     """A dedup work file through the Parquet layer, ``meta`` in its schema metadata;
     ``row_groups``: the row counts of consecutive row groups (default one)."""
@@ -117,14 +139,14 @@ class Parts:
     def clusters(self, part: int) -> range:
         return range(self.start(part), self.start(part + 1))
 
-    def part_of(self, clusters: Any) -> Any:
+    def part_of(self, clusters: npt.ArrayLike) -> Ints:
         """Part of each cluster (numpy array in, numpy array out)."""
         import numpy as np
 
         starts = np.array([self.start(p) for p in range(self.count)], dtype=np.int64)
         return np.searchsorted(starts, np.asarray(clusters, dtype=np.int64), side="right") - 1
 
-    def hash_part(self, digests: Any) -> Any:
+    def hash_part(self, digests: npt.NDArray[np.uint8]) -> Ints:
         """Part of each sha256 (numpy ``(n, 32)`` uint8): the first 4 bytes scaled to ``count``."""
         import numpy as np
 
@@ -160,7 +182,7 @@ class Parts:
         return out
 
 
-def fixed_list(values: Any, dim: int) -> Any:
+def fixed_list(values: npt.ArrayLike, dim: int) -> pa.FixedSizeListArray:
     """A ``fixed_size_list<float32>[dim]`` array from a ``(n, dim)`` float32 numpy array."""
     import numpy as np
     import pyarrow as pa
@@ -169,7 +191,7 @@ def fixed_list(values: Any, dim: int) -> Any:
     return pa.FixedSizeListArray.from_arrays(flat, dim)
 
 
-def to_matrix(column: Any, shard: str) -> Any:
+def to_matrix(column: pa.Array | pa.ChunkedArray, shard: str) -> Matrix:
     """``(n, dim)`` float32 numpy array of a non-null fixed-size-list (or list) column."""
     import numpy as np
     import pyarrow as pa

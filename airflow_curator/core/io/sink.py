@@ -63,7 +63,7 @@ class Sink:
     @property
     def buffer(self) -> bytearray | mmap.mmap:
         """The buffer behind ``view`` (slice assignment on it skips making a view)."""
-        return self.buffers[self.current]  # type: ignore[return-value]
+        return self.buffers[self.current]
 
     def _set_direct(self, on: bool) -> None:
         import fcntl

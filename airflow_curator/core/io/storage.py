@@ -7,6 +7,7 @@ Object stores get a single-object put of a finished local temporary file, which 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import posixpath
@@ -22,6 +23,7 @@ from airflow_curator.core.errors import TransientError
 logger = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
+Reader = io.FileIO | io.BufferedIOBase  # what open_read gives: read, readinto, seek
 # Exceptions (by defining module and name, so nothing is imported to test for them) that mean
 # the storage or the network failed, not the request or the data: retrying may help.
 UNAVAILABLE = frozenset(
@@ -176,7 +178,9 @@ def list_folders(url: str) -> list[str]:
     )
 
 
-def open_read(url: str, block_size: int = 8 << 20) -> IO[bytes]:
+def open_read(url: str, block_size: int = 8 << 20) -> Reader:
+    """A binary file to read: unbuffered locally (callers read in large chunks), read ahead
+    in ``block_size`` blocks elsewhere."""
     if is_local(url):
         return open(local_path(url), "rb", buffering=0)
     fs, path = fs_and_path(url)

@@ -109,12 +109,12 @@ class ReportData:
 
     @property
     def totals(self) -> dict[str, int | None]:
-        kept = [s.kept for s in self.shards]
+        kept = [s.kept for s in self.shards if s.kept is not None]
         return {
             "records": sum(s.records for s in self.shards),
             "annotated": sum(s.annotated for s in self.shards),
             "failures": sum(s.failures for s in self.shards),
-            "kept": None if any(k is None for k in kept) else sum(kept),  # type: ignore[misc]
+            "kept": sum(kept) if len(kept) == len(self.shards) else None,
             "duplicates": None
             if all(s.duplicates is None for s in self.shards)
             else sum(s.duplicates or 0 for s in self.shards),
@@ -123,7 +123,8 @@ class ReportData:
 
 class _Reservoir:
     def __init__(self, size: int, rng: random.Random) -> None:
-        self.size, self.rng, self.seen, self.items = size, rng, 0, []
+        self.size, self.rng, self.seen = size, rng, 0
+        self.items: list[Card] = []
 
     def offer(self, item: Card) -> None:
         self.seen += 1
@@ -164,7 +165,7 @@ def gather(
     man: Manifest = load_manifest(man_url)
     limits: dict[str, tuple[str, float]] = {}
     for col, (_, _, param, kind) in SCORES.items():
-        value = (thresholds or {}).get(param)
+        value: float | str | None = (thresholds or {}).get(param)
         if value is None:
             value = params.get(param)
         if value is not None and value != "":

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from airflow_curator.core.report.data import BINS, SCORES, Card, Histogram, ReportData
+from airflow_curator.core.stats import Result, Stats
 
 MAX_ROWS = 500
 MAX_MANIFEST_SHARDS = 20
@@ -213,12 +214,11 @@ def render(data: ReportData) -> str:
 """
 
 
-def write_report(output: str, report_url: str | None = None, **options: Any) -> dict[str, Any]:
+def write_report(output: str, report_url: str | None = None, **options: Any) -> Result:
     """Gather, render and write ``<output>/report.html`` (atomically); return a small summary."""
     from airflow_curator.core.io import storage
     from airflow_curator.core.layout import REPORT_NAME
     from airflow_curator.core.report.data import gather
-    from airflow_curator.core.stats import Stats
 
     stats = Stats()
     data = gather(output, **options)

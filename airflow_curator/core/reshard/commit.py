@@ -29,7 +29,7 @@ from airflow_curator.core.layout import (
     markers_url,
 )
 from airflow_curator.core.reshard.plan import Plan, load_plan
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def sync_outputs(plan: Plan, threads: int = 16) -> None:
             list(pool.map(storage.sync_file, urls))
 
 
-def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> dict[str, Any]:
+def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> Result:
     """Verify, sweep leftovers, flush, write ``_manifest.json`` and then ``_SUCCESS``.
 
     ``sync=False`` skips the flush to disk of local outputs (for scratch data only)."""

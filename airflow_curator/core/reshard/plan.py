@@ -17,7 +17,7 @@ import logging
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_ids
@@ -25,8 +25,11 @@ from airflow_curator.core.errors import DataError, ShardError, UsageError
 from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import SUCCESS, plan_url
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.naming import offset_digits, shard_name
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class Plan:
         ]
         return cls(**d)
 
-    def arrow_schema(self) -> Any:
+    def arrow_schema(self) -> pa.Schema:
         import pyarrow as pa
 
         return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.schema)))
@@ -108,7 +111,9 @@ def load_plan(url: str) -> Plan:
         raise UsageError(f"reshard plan {url} does not exist: run plan-reshard first") from None
 
 
-def kept_rows(table: Any, filter_column: str, shard: str, id_col: str) -> tuple[list[int], int]:
+def kept_rows(
+    table: pa.Table, filter_column: str, shard: str, id_col: str
+) -> tuple[list[int], int]:
     """Row numbers whose filter column is True (null counts as False), in id order, and how
     many more the filter keeps that can never be written: img2dataset's failed downloads (a
     ``status`` other than ``success``), which have no members in the tar."""
@@ -144,7 +149,9 @@ def check_apart(dataset: str, output: str) -> None:
         raise UsageError(f"output {output} is inside the input dataset {dataset}")
 
 
-def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> tuple[Any, ...]:
+def _read_input(
+    shard: Shard, meta_url: str, id_col: str, filter_column: str
+) -> tuple[pa.Schema, InputShard]:
     """(the file's schema, the input's plan entry) from its id, filter and status columns."""
     size = shard.parquet_bytes if meta_url == shard.parquet else None
     with parquet.open_parquet(meta_url, shard.stem, size=size) as pf:
@@ -166,7 +173,7 @@ def _read_input(shard: Shard, meta_url: str, id_col: str, filter_column: str) ->
     )
 
 
-def output_schema(schemas: list[Any], id_col: str, old_id_col: str | None) -> Any:
+def output_schema(schemas: list[pa.Schema], id_col: str, old_id_col: str | None) -> pa.Schema:
     """Unified input schema, the id column as string, plus ``old_id_col`` (old id's type)."""
     import pyarrow as pa
 
@@ -279,7 +286,7 @@ def plan_reshard(
     max_groups: int = MAX_GROUPS,
     group_bytes: int = GROUP_BYTES,
     **kwargs: Any,
-) -> dict[str, Any]:
+) -> Result:
     """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
     one already there), return the output groups."""
     stats = Stats()

@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import parquet, storage
@@ -35,7 +36,7 @@ from airflow_curator.core.reshard.plan import (
     kept_rows,
     load_plan,
 )
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.index import Location, index_text
 from airflow_curator.core.wds.naming import SHARD_EXTS, record_ids
 from airflow_curator.core.wds.shardspec import format_spec, parse_spec
@@ -44,9 +45,13 @@ from airflow_curator.core.wds.tarstream import BLOCK
 from airflow_curator.core.wds.tarwriter import TarWriter, slot_size
 from airflow_curator.core.workerpool import worker_pool
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 logger = logging.getLogger(__name__)
 
 BATCH = 256  # records per ranged read from an object store
+Marker = dict[str, Any]  # an output shard's marker JSON: its files' names, sizes, sha256
 
 
 def rewrite_json(raw: bytes | memoryview, id_col: str, old: str, new: str, shard: str) -> bytes:
@@ -69,25 +74,37 @@ def rewrite_json(raw: bytes | memoryview, id_col: str, old: str, new: str, shard
     return json.dumps(meta, ensure_ascii=False).encode()
 
 
+@dataclass
+class LoadedInput:
+    """What writing needs of one input shard: its metadata, kept rows, member locations and
+    byte source."""
+
+    table: pa.Table
+    ids: list[str]
+    rows: list[int]
+    locations: Mapping[str, Location]
+    source: TarSource
+
+
 class InputCache:
-    """The metadata table, kept rows, member locations and byte source of recent input shards."""
+    """The loaded inputs of recent input shards."""
 
     def __init__(self, plan: Plan, keep: int = 2) -> None:
         self.plan = plan
         self.keep = keep
-        self.loaded: dict[str, dict[str, Any]] = {}
+        self.loaded: dict[str, LoadedInput] = {}
 
-    def get(self, stem: str) -> dict[str, Any]:
+    def get(self, stem: str) -> LoadedInput:
         if stem in self.loaded:
             return self.loaded[stem]
         if len(self.loaded) >= self.keep:
             old = next(iter(self.loaded))
-            self.loaded.pop(old)["source"].close()
+            self.loaded.pop(old).source.close()
         inp = self.plan.input(stem)
         self.loaded[stem] = entry = self._load(inp)
         return entry
 
-    def _load(self, inp: InputShard) -> dict[str, Any]:
+    def _load(self, inp: InputShard) -> LoadedInput:
         from airflow_curator.core.dataset.metadata import check_ids
 
         plan = self.plan
@@ -111,19 +128,19 @@ class InputCache:
                 inp.idx,
             )
             locations = record_locations(inp.tar, inp.tar_bytes, inp.stem)
-        return {"table": table, "ids": ids, "rows": rows, "locations": locations, "source": source}
+        return LoadedInput(table, ids, rows, locations, source)
 
     def close(self) -> None:
         for entry in self.loaded.values():
-            entry["source"].close()
+            entry.source.close()
         self.loaded.clear()
 
 
 def _piece_records(
-    entry: dict[str, Any], stem: str, rows: list[int]
+    entry: LoadedInput, stem: str, rows: list[int]
 ) -> Iterator[tuple[str, Location, TarSource]]:
     """(old id, member locations, byte source) for the kept ``rows`` of one input shard."""
-    ids, locations, source = entry["ids"], entry["locations"], entry["source"]
+    ids, locations, source = entry.ids, entry.locations, entry.source
     old_ids = [ids[r] for r in rows]
     missing = [i for i in old_ids if i not in locations]
     if missing:
@@ -141,11 +158,11 @@ def _piece_records(
             yield old, locs, source
 
 
-def _cast(column: Any, type_: Any) -> Any:
+def _cast(column: pa.Array, type_: pa.DataType) -> pa.Array:
     return column if column.type == type_ else column.cast(type_)
 
 
-def _take(table: Any, rows: list[int]) -> Any:
+def _take(table: pa.Table, rows: list[int]) -> pa.Table:
     """``table.take(rows)`` without importing the ``pyarrow.compute`` wrapper module: that
     import costs ~25 ms, in the serial start of every reshard process; the kernel itself is in
     ``_compute``, a few milliseconds."""
@@ -158,7 +175,9 @@ def _take(table: Any, rows: list[int]) -> Any:
     return call_function("take", [table, pa.array(rows, pa.int64())])
 
 
-def _metadata_table(plan: Plan, parts: list[Any], new_ids: list[str], old: list[str]) -> Any:
+def _metadata_table(
+    plan: Plan, parts: list[pa.Table], new_ids: list[str], old: list[str]
+) -> pa.Table:
     """The output shard's Parquet rows in the plan's schema: new ids, old ids if asked."""
     import pyarrow as pa
 
@@ -193,9 +212,9 @@ class Flusher:
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="curator-flush")
-        self.pending: list[Any] = []
+        self.pending: list[Future[None]] = []
 
-    def submit(self, f: Any) -> None:
+    def submit(self, f: IO[bytes]) -> None:
         with contextlib.suppress(AttributeError, OSError, ValueError):
             f.flush()
             fd = os.dup(f.fileno())  # still the same file after the atomic rename
@@ -242,7 +261,7 @@ def _copy_record(
         if not metas and writer.commit(new, [ext for ext, _, _ in locs]):
             return
         # copies: the views point into the buffer that add_record writes to
-        datas: list[Any] = [
+        datas: list[bytes | memoryview] = [
             metas.get(i) or bytes(slot[BLOCK : BLOCK + size])
             for i, (slot, (_, _, size)) in enumerate(zip(slots, locs, strict=True))
         ]
@@ -256,7 +275,7 @@ def _copy_record(
 
 def write_output(
     cache: InputCache, out: OutputShard, flusher: Flusher | None = None, direct_io: bool = True
-) -> dict[str, Any]:
+) -> Marker:
     """Write one output shard (tar, idx, parquet, then its marker); return the marker.
     ``direct_io``: write a local tar around the page cache (see ``sink``)."""
     import hashlib
@@ -273,8 +292,8 @@ def write_output(
         try:
             for stem, first, end in out.pieces:
                 entry = cache.get(stem)
-                rows = entry["rows"][first:end]
-                parts.append(_take(entry["table"], rows))
+                rows = entry.rows[first:end]
+                parts.append(_take(entry.table, rows))
                 for old, locs, source in _piece_records(entry, stem, rows):
                     new = ids[len(old_ids)]
                     _copy_record(writer, source, locs, old, new, id_col, out.name)
@@ -313,7 +332,7 @@ def write_output(
     return marker
 
 
-def _write_many(task: tuple[str, list[int], bool]) -> list[dict[str, Any]]:
+def _write_many(task: tuple[str, list[int], bool]) -> list[Marker]:
     plan_url, indexes, direct_io = task
     plan = load_plan(plan_url)
     cache = InputCache(plan)
@@ -339,14 +358,12 @@ def sweep_debris(plan: Plan, indexes: list[int], listing: list[storage.Entry]) -
     )
 
 
-def finished(
-    plan: Plan, indexes: list[int], listing: list[storage.Entry]
-) -> dict[int, dict[str, Any]]:
+def finished(plan: Plan, indexes: list[int], listing: list[storage.Entry]) -> dict[int, Marker]:
     """Output shards an earlier attempt finished for this same plan: its marker is there and
     every file has the size ``listing`` (the output folder's) gives it."""
     sizes = {e.name: e.size for e in listing}
     digest = plan.digest
-    done: dict[int, dict[str, Any]] = {}
+    done: dict[int, Marker] = {}
     for i in indexes:
         name = plan.outputs[i].name
         if f"{name}.tar" not in sizes:
@@ -368,7 +385,7 @@ def reshard(
     workers: int = 0,
     force: bool = False,
     direct_io: bool = True,
-) -> dict[str, Any]:
+) -> Result:
     """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``.
 
     Shards a previous attempt finished for the same plan are skipped unless ``force``: a retried
@@ -394,11 +411,11 @@ def reshard(
     chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
     tasks = [(plan_url, c, direct_io) for c in chunks if c]
     progress = Progress("reshard", len(todo), logger=logger)
-    markers: list[dict[str, Any]] = list(done.values())
+    markers: list[Marker] = list(done.values())
     local = storage.is_local(plan.output)
     with contextlib.ExitStack() as stack:
         if len(tasks) <= 1:
-            results: Any = map(_write_many, tasks)
+            results: Iterable[list[Marker]] = map(_write_many, tasks)
         else:
             if local:
                 importlib.import_module("pyarrow.parquet")  # once here, not in every worker
@@ -431,7 +448,7 @@ def reshard_dataset(
     sync: bool = True,
     direct_io: bool = True,
     **plan_options: Any,
-) -> dict[str, Any]:
+) -> Result:
     """Plan, write and commit a reshard in this process: the seed's ``to_webdataset`` and the
     ``to-webdataset`` command, for a laptop or a script (the DAG runs the three steps as tasks)."""
     from airflow_curator.core.reshard.commit import commit

@@ -14,12 +14,11 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import as_completed
 from dataclasses import dataclass
-from typing import Any
 
 from airflow_curator.core.errors import ShardError, TarFormatError
 from airflow_curator.core.io import storage
 from airflow_curator.core.progress import Progress
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.naming import key_id, split_member
 from airflow_curator.core.wds.records import group_records
 from airflow_curator.core.wds.tarstream import Member, TarScanner, file_cached
@@ -163,7 +162,7 @@ def index_dataset(
     force: bool = False,
     verify: bool = False,
     workers: int = 0,
-) -> dict[str, Any]:
+) -> Result:
     """Index (or verify) the selected shards; fresh indexes are skipped unless ``force``."""
     from airflow_curator.core.dataset.discovery import discover
 

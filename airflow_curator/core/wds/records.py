@@ -53,7 +53,10 @@ def group_records(
     folders hold that id), are errors for ``handler``."""
     seen: set[str] = set()
     current: Record | None = None
-    current_key, parts = None, {}  # current's, as locals: this loop runs once per member
+    # current's key, parts and data as locals: this loop runs once per member
+    current_key: str | None = None
+    parts: dict[str, Member] = {}
+    datas: dict[str, bytes] = {}
     for member, data in members:
         key, ext = split_member(member.name)
         if key == current_key:
@@ -79,10 +82,10 @@ def group_records(
                 )
             seen.add(rid)
             current = Record(key, rid, {}, {})
-            current_key, parts = key, current.parts
+            current_key, parts, datas = key, current.parts, current.data
         parts[ext] = member
         if data is not None:
-            current.data[ext] = data  # type: ignore[union-attr]
+            datas[ext] = data
     if current is not None:
         yield current
 

@@ -13,11 +13,11 @@ import logging
 import mmap
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
 
 from airflow_curator.core.errors import TarFormatError
+from airflow_curator.core.io.storage import Reader
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +108,18 @@ class TarScanner:
     other file objects are read in large chunks.
     """
 
+    _mapped: mmap.mmap  # the file, when it is memory-mapped
+
     def __init__(
-        self, f: IO[bytes], total_size: int | None = None, source: str = "", chunk: int = CHUNK
+        self, f: Reader, total_size: int | None = None, source: str = "", chunk: int = CHUNK
     ) -> None:
         self.f = f
         self.mm = _mmap(f)
+        self._get: Callable[[int, int], bytes] = self._get_buffered
         if self.mm is not None:
             total_size = len(self.mm)
-            self._get = self._get_mapped  # type: ignore[method-assign]
+            self._mapped = self.mm
+            self._get = self._get_mapped
         self.source = source or getattr(f, "name", "<tar>")
         self.total = total_size
         self.chunk = chunk
@@ -161,7 +165,7 @@ class TarScanner:
         self.bytes_read += n
         return n
 
-    def _get(self, pos: int, n: int) -> bytes:
+    def _get_buffered(self, pos: int, n: int) -> bytes:
         """Bytes ``[pos, pos+n)`` of the archive (fewer at end of file)."""
         if n > self.chunk:
             if self.file_pos != pos:
@@ -178,7 +182,7 @@ class TarScanner:
 
     def _get_mapped(self, pos: int, n: int) -> bytes:
         self.bytes_read = max(self.bytes_read, pos + n)
-        return self.mm[pos : pos + n]  # type: ignore[index]
+        return self._mapped[pos : pos + n]
 
     def close(self) -> None:
         if self.mm is not None:
@@ -265,7 +269,7 @@ class TarScanner:
             pax = {}
 
 
-def _mmap(f: IO[bytes]) -> mmap.mmap | None:
+def _mmap(f: Reader) -> mmap.mmap | None:
     """Map a local file whose pages are cached; cold files are read in chunks instead, which
     keeps the kernel's sequential read-ahead (mapping them faults page by page)."""
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from typing import IO
+from typing import IO, cast
 
 from airflow_curator.core.io.sink import Sink
 from airflow_curator.core.wds.tarstream import BLOCK, Member
@@ -24,6 +24,8 @@ PADS = [bytes(n) for n in range(BLOCK)]
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 BATCH = 1 << 20  # bytes staged per hash call and write: few calls, data still in the CPU cache
 MAX_OCTAL_SIZE = 8**11 - 1  # what 11 octal digits hold; larger sizes use GNU base-256
+# a header's fixed parts around its key, size and checksum fields, and their byte sum
+Template = tuple[bytes, bytes, bytes, int]
 
 
 def _template(magic: bytes, typeflag: bytes) -> bytearray:
@@ -108,7 +110,7 @@ class TarWriter:
         self.n = 0  # staged bytes
         self.hashed = 0  # of those, already hashed (carried over by the sink)
         self._sizes: list[int] = []  # of the members reserved
-        self._templates: dict[tuple[int, str], tuple[bytes, bytes, bytes, int]] = {}
+        self._templates: dict[tuple[int, str], Template] = {}
 
     def reserve(self, sizes: list[int]) -> list[memoryview] | None:
         """Room for members of ``sizes`` with one-block headers (names of at most 100 bytes):
@@ -139,8 +141,8 @@ class TarWriter:
             return False
         key_sum = sum(raw)
         buf, at, pos = self.sink.buffer, self.n, self.pos
-        for ext, size, parts in zip(exts, self._sizes, found, strict=True):
-            after_key, middle, tail, base = parts  # type: ignore[misc]
+        for ext, size, parts in zip(exts, self._sizes, cast(list[Template], found), strict=True):
+            after_key, middle, tail, base = parts
             size_field = b"%011o\x00" % size if size <= MAX_OCTAL_SIZE else _size_field(size)
             checksum = b"%06o\x00 " % (base + key_sum + sum(size_field))
             buf[at : at + BLOCK] = b"".join((raw, after_key, size_field, middle, checksum, tail))
@@ -155,7 +157,7 @@ class TarWriter:
         self._sizes = []
         return True
 
-    def _template(self, key_len: int, ext: str) -> tuple[bytes, bytes, bytes, int] | None:
+    def _template(self, key_len: int, ext: str) -> Template | None:
         """The fixed parts of the header of ``<key_len bytes>.ext`` around its key, size and
         checksum fields, and the byte sum of the fixed parts with the checksum as spaces: a
         header is then one join (three per record make this the writer's hot spot)."""

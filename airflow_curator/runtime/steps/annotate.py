@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from airflow_curator.core.annotate.annotator import Options, annotate_dataset
 from airflow_curator.core.errors import UsageError
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.force(p, "annotate shards that are already done")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     options = Options(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.sync(p)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.reshard.commit import commit
 
     return commit(args.plan, verify_hashes=args.verify_hashes, sync=args.sync)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -16,7 +16,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.output(p)
-    options.annotations(p)
+    options.annotation_folder(p)
     p.add_argument(
         "--clusters",
         help="cluster ids, whole groups as dedup-fit returned them, e.g. 0-62 (default: all)",
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.device(p)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.dedup.dedup import dedup_clusters
 
     return dedup_clusters(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -16,12 +16,12 @@ HELP = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.output(p)
     options.shards(p)
-    options.annotations(p)
+    options.annotation_folder(p)
     options.id_col(p)
     options.device(p)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.dedup.assign import assign_shards
 
     return assign_shards(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -15,7 +15,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.output(p)
-    options.annotations(p)
+    options.annotation_folder(p)
     p.add_argument("--n-clusters", type=int, default=1000, help="k-means clusters")
     p.add_argument(
         "--cluster-groups", type=int, default=16,
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.device(p)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.dedup.fit import fit_centroids
 
     return fit_centroids(

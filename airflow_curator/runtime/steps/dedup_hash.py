@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.dataset(p)
     options.output(p)
     options.shards(p)
-    options.annotations(
+    options.annotation_folder(
         p, " for the aesthetic scores that decide the copy kept (without it: the lowest id)"
     )
     options.id_col(p)
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.dedup.hash import hash_shards
 
     return hash_shards(

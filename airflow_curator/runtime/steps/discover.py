@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from airflow_curator.core.dataset.discovery import (
     discover,
@@ -11,7 +10,7 @@ from airflow_curator.core.dataset.discovery import (
     make_groups,
     save_manifest,
 )
-from airflow_curator.core.stats import Stats
+from airflow_curator.core.stats import Result, Stats
 from airflow_curator.runtime import options
 
 HELP = "Find the shards of a dataset, write its manifest and split it into groups for mapping."
@@ -42,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     stats = Stats()
     manifest = discover(
         args.dataset,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.core.wds.index import index_dataset
 from airflow_curator.runtime import options
 
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.workers(p, "parallel processes (0: one per CPU, at most the number of shards)")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     return index_dataset(
         args.dataset, args.shards, force=args.force, verify=args.verify, workers=args.workers
     )

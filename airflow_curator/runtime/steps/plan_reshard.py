@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from airflow_curator.core.reshard.plan import plan_reshard
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.groups(p, "output")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     return plan_reshard(
         args.dataset,
         args.output,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from airflow_curator.core.report.page import write_report
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = "Write the curation report (counts, score histograms, thumbnails) next to the output."
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random grids")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     return write_report(
         args.output,
         args.report,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.force(p, "rewrite output shards an earlier attempt already finished for this plan")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.reshard.writer import reshard
 
     return reshard(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
 
 HELP = (
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.workers(p, "shards merged in parallel (threads)", default=8)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.dataset.save_metadata import Thresholds, save_metadata
 
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None

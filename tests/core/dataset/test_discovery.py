@@ -157,7 +157,10 @@ def test_empty_memory_folder_lists_its_subfolders():
 
 
 def shards(sizes):
-    return [Shard(i, f"{i:05d}", f"/d/{i:05d}.tar", n) for i, n in enumerate(sizes)]
+    return [
+        Shard(i, f"{i:05d}", f"/d/{i:05d}.tar", n, f"/d/{i:05d}.parquet")
+        for i, n in enumerate(sizes)
+    ]
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 3000])
