@@ -233,7 +233,7 @@ with DAG(
     )
     groups = discover.output
 
-    index = IndexShardsOperator.partial(task_id="index", **COMMON).expand(shard_group=groups)
+    index = IndexShardsOperator.partial(task_id="index", **COMMON).expand(group=groups)
 
     annotate = GpuAnnotateOperator.partial(
         task_id="annotate",
@@ -255,7 +255,7 @@ with DAG(
             )
         },
         **COMMON,
-    ).expand(shard_group=groups)
+    ).expand(group=groups)
 
     # Deduplication stage, skipped when the dedup param is off.
     dedup_on = _param("dedup")
@@ -267,19 +267,19 @@ with DAG(
     )
     dedup_assign = DedupAssignOperator.partial(
         task_id="dedup_assign", enabled=dedup_on, **COMMON
-    ).expand(shard_group=groups)
+    ).expand(group=groups)
     dedup_hash = DedupHashOperator.partial(task_id="dedup_hash", enabled=dedup_on, **COMMON).expand(
-        shard_group=groups
+        group=groups
     )
     dedup = SemanticDedupOperator.partial(
         task_id="dedup",
         enabled=dedup_on,
         options={"eps": _param("dedup_eps")},
         **COMMON,
-    ).expand(shard_group=dedup_fit.output)
+    ).expand(group=dedup_fit.output)
     dedup_result = DedupResultOperator.partial(
         task_id="dedup_result", enabled=dedup_on, **COMMON
-    ).expand(shard_group=groups)
+    ).expand(group=groups)
 
     save_metadata = SaveMetadataOperator.partial(
         task_id="save_metadata",
@@ -291,7 +291,7 @@ with DAG(
             for name in ("min_aesthetic", "max_nsfw", "min_clip_score", "filter_column")
         },
         **COMMON,
-    ).expand(shard_group=groups)
+    ).expand(group=groups)
 
     plan = PlanReshardOperator(
         task_id="plan_reshard",
@@ -308,7 +308,7 @@ with DAG(
         **COMMON,
     )
 
-    reshard = ReshardOperator.partial(task_id="reshard", **COMMON).expand(shard_group=plan.output)
+    reshard = ReshardOperator.partial(task_id="reshard", **COMMON).expand(group=plan.output)
 
     # Commits also when nothing was kept (no output groups, so no reshard task ran).
     commit = CommitOperator(

@@ -44,7 +44,7 @@ RESULT_KEY = "result"
 # 00000", "clusters 00000-00062" (text around the label: a DAG rendering templates as native
 # objects would turn "00000" into 0).
 MAP_INDEX_TEMPLATE = (
-    "{% set g = task.shard_group or {} %}"
+    "{% set g = task.group or {} %}"
     f"{{% for key in {list(GROUP_KEYS)!r} if key in g %}}{{{{ key }}}} {{% endfor %}}"
     "{{ g.get('label', '') }}"
 )
@@ -66,8 +66,9 @@ class CuratorOperator(KubernetesPodOperator):
     :param output_uri: job output URI (templated); work files go under ``<output>/_work``.
     :param options: further step options by CLI name (``batch_size`` or ``batch-size``),
         templated; they override what the layout derives from ``dataset``/``output``.
-    :param shard_group: one discovery group (``{"shards": "0-3", "label": ...}``) to work on,
-        usually given through ``.expand(shard_group=discover.output)``.
+    :param group: one group of a mapped step to work on: input shards (``{"shards": "0-3",
+        "label": ...}``, from discovery), output shards (``outputs``, from plan-reshard) or
+        clusters (``clusters``, from dedup-fit); usually ``.expand(group=discover.output)``.
     :param execution: ``local`` or ``kubernetes``; empty: ``[curator] execution``.
     :param gcp_conn_id: local mode: an Airflow Google Cloud connection whose key file the step
         uses for ``gs://`` (default: the worker's default credentials). Pods use their service
@@ -88,14 +89,14 @@ class CuratorOperator(KubernetesPodOperator):
         "dataset",
         "output_uri",
         "options",
-        "shard_group",
+        "group",
         "execution",
         "gpus",
     )
     template_fields_renderers = {
         **KubernetesPodOperator.template_fields_renderers,
         "options": "json",
-        "shard_group": "json",
+        "group": "json",
     }
     ui_color = "#d9f2e6"
 
@@ -106,7 +107,7 @@ class CuratorOperator(KubernetesPodOperator):
         dataset: str | None = None,
         output_uri: str | None = None,
         options: Mapping[str, Any] | None = None,
-        shard_group: Mapping[str, Any] | None = None,
+        group: Mapping[str, Any] | None = None,
         execution: str | None = None,
         gpus: int | str | None = None,
         gcp_conn_id: str | None = None,
@@ -132,7 +133,7 @@ class CuratorOperator(KubernetesPodOperator):
         self.dataset = dataset
         self.output_uri = output_uri
         self.options = dict(options or {})
-        self.shard_group = shard_group
+        self.group = group
         self.execution = execution
         self.gpus = self.gpus_default if gpus is None else gpus
         self.gcp_conn_id = gcp_conn_id
@@ -149,10 +150,10 @@ class CuratorOperator(KubernetesPodOperator):
         opts = {
             k: v for k, v in self.layout_options().items() if k in actions and v not in (None, "")
         }
-        group = self.shard_group
+        group = self.group
         if group:  # see GROUP_KEYS
             if not isinstance(group, Mapping):
-                raise AirflowFailException(f"shard_group must be a mapping, not {group!r}")
+                raise AirflowFailException(f"group must be a mapping, not {group!r}")
             for key in GROUP_KEYS:
                 if key in group and key in actions:
                     opts[key] = group[key]
@@ -238,7 +239,7 @@ class CuratorOperator(KubernetesPodOperator):
     # -- running ----------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
-        if context.get("map_index_template") is None and self.shard_group:
+        if context.get("map_index_template") is None and self.group:
             context["map_index_template"] = MAP_INDEX_TEMPLATE
         mode = self.execution_mode()
         self.log.info("airflow-curator %s (%s): %s", self.step, mode, json.dumps(self.argv()))

@@ -14,7 +14,7 @@ from airflow_curator.operators.base import CuratorOperator, template_flag
 
 class ShardDiscoveryOperator(CuratorOperator):
     """List and pair the dataset's shards, write the manifest; returns the shard groups to
-    ``expand`` over (``shard_group=discover.output``); the full result is XCom ``result``."""
+    ``expand`` over (``group=discover.output``); the full result is XCom ``result``."""
 
     step = "discover"
     returns = "groups"

@@ -300,7 +300,7 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
     for task in dag.tasks:
         if hasattr(task, "unmap"):  # mapped: what the worker builds for one group
             group = {"reshard": groups[1], "dedup": groups[2]}.get(task.task_id, groups[0])
-            task = task.unmap({"shard_group": group})
+            task = task.unmap({"group": group})
         assert isinstance(task, CuratorOperator)
         task.render_template_fields({**context, "task": task})
         assert task.execution_mode() == "kubernetes"

@@ -49,7 +49,7 @@ def test_index_works_on_its_group_only(demo_dataset):
         task_id="index",
         dataset=path,
         execution="local",
-        shard_group={"shards": "1", "label": "00001"},
+        group={"shards": "1", "label": "00001"},
     )
     context: dict = {}
     result = op.execute(context)

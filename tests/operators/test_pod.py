@@ -29,17 +29,17 @@ OUTPUT_GROUP = {"outputs": "0-1", "label": "00000-00001", "count": 2}
 
 CASES = {
     "discover": (ShardDiscoveryOperator, {"options": {"group_bytes": 1 << 30}}),
-    "index": (IndexShardsOperator, {"shard_group": GROUP}),
+    "index": (IndexShardsOperator, {"group": GROUP}),
     "annotate": (
         GpuAnnotateOperator,
-        {"shard_group": GROUP, "options": {"model": "ViT-L-14", "batch_size": 128}},
+        {"group": GROUP, "options": {"model": "ViT-L-14", "batch_size": 128}},
     ),
     "save-metadata": (
         SaveMetadataOperator,
-        {"shard_group": GROUP, "options": {"min_clip_score": 0.2, "max_nsfw": 0.5}},
+        {"group": GROUP, "options": {"min_clip_score": 0.2, "max_nsfw": 0.5}},
     ),
     "plan-reshard": (PlanReshardOperator, {"options": {"samples_per_shard": 5000}}),
-    "reshard": (ReshardOperator, {"shard_group": OUTPUT_GROUP}),
+    "reshard": (ReshardOperator, {"group": OUTPUT_GROUP}),
     "commit": (CommitOperator, {}),
 }
 
@@ -200,7 +200,7 @@ def test_template_fields_render_uris_and_options():
         output_uri="{{ params.root }}/curated/{{ ds }}",
         options={"min_clip_score": "{{ params.min_clip }}", "filter_column": "keep"},
     )
-    for field in ("dataset", "output_uri", "options", "shard_group", "execution"):
+    for field in ("dataset", "output_uri", "options", "group", "execution"):
         assert field in op.template_fields
     op.render_template_fields({"params": {"root": "gs://b", "min_clip": 0.25}, "ds": "2026-03-01"})
     argv = op.argv()
@@ -221,10 +221,10 @@ def test_operators_map_over_groups():
             gpus=2,
             namespace="curation",
             options={"model": "ViT-B-32"},
-        ).expand(shard_group=[GROUP, {"shards": "8-9", "label": "00008-00009"}])
+        ).expand(group=[GROUP, {"shards": "8-9", "label": "00008-00009"}])
     mapped = dag.get_task("annotate")
     assert mapped.partial_kwargs["gpus"] == 2
-    assert mapped.expand_input.value["shard_group"][1]["shards"] == "8-9"
+    assert mapped.expand_input.value["group"][1]["shards"] == "8-9"
 
 
 def test_kubernetes_mode_returns_the_sidecar_result(monkeypatch):
