@@ -102,10 +102,13 @@ class Outcome:
         return d
 
 
-def scan_shard(tar: str, shard: str, id_col: str, size: int | None = None) -> list[ScannedRecord]:
-    """Records in tar order with their caption and, for unusable images, the reason."""
+def scan_shard(
+    tar: str, shard: str, id_col: str, size: int | None = None, source: str | None = None
+) -> list[ScannedRecord]:
+    """Records in tar order with their caption and, for unusable images, the reason;
+    ``source``: the dataset URI of ``tar`` when it is a local copy."""
     out: list[ScannedRecord] = []
-    for rec in iter_records(tar, shard, size=size):
+    for rec in iter_records(tar, shard, size=size, source=source):
         check_json_id(rec, id_col, shard)
         ext = rec.image_ext()
         error = (
@@ -228,7 +231,7 @@ class Annotator:
             if not storage.is_local(shard.tar):
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
                 storage.copy_file(shard.tar, tar)
-            records = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes)
+            records = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes, shard.tar)
             pq_ids, failed = read_shard_ids(
                 shard.parquet, self.options.id_col, shard.stem, shard.parquet_bytes
             )

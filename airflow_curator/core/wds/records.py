@@ -97,10 +97,12 @@ def iter_records(
     with_data: bool = True,
     size: int | None = None,
     handler: Callable[[ShardError], None] = raise_handler,
+    source: str | None = None,
 ) -> Iterator[Record]:
-    """Stream the records of one tar; memory is one record at a time."""
+    """Stream the records of one tar; memory is one record at a time. ``source``: the URI
+    errors name when ``tar_url`` is a local copy (the user knows the dataset's, not ours)."""
     with storage.open_read(tar_url) as f:
-        scanner = TarScanner(f, size, source=tar_url)
+        scanner = TarScanner(f, size, source=source or tar_url)
         try:
             yield from group_records(scanner.members(with_data=with_data), shard, handler)
         except TarFormatError as e:

@@ -263,3 +263,20 @@ def test_object_store_dataset_and_output(tmp_path, options, annotator):
     assert table.column("key").to_pylist() == sorted(kinds)
     again = annotate_dataset("memory://bucket/ds", "memory://bucket/job", None, options, annotator)
     assert again["skipped"] == 1
+
+
+def test_a_bad_tar_on_an_object_store_is_named_by_its_uri(tmp_path, options, annotator):
+    """The tar is copied locally for DALI, but the error names the dataset's URI."""
+    import fsspec
+
+    write_awkward_shard(tmp_path / "local", 0, seed=5)
+    fs = fsspec.filesystem("memory")
+    import tarfile
+
+    local = tmp_path / "local" / "00000.tar"
+    with tarfile.open(local) as tar:
+        big = max(tar.getmembers(), key=lambda m: m.size)  # cut inside its data
+    fs.pipe("/badtar/ds/00000.tar", local.read_bytes()[: big.offset_data + big.size // 2])
+    fs.pipe("/badtar/ds/00000.parquet", (tmp_path / "local" / "00000.parquet").read_bytes())
+    with pytest.raises(ShardError, match=r"^shard 00000: memory://badtar/ds/00000\.tar: truncated"):
+        annotate_dataset("memory://badtar/ds", "memory://badtar/job", None, options, annotator)
