@@ -15,13 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 
-from airflow_curator.core.errors import ShardError, TarFormatError
+from airflow_curator.core.errors import ShardError
 from airflow_curator.core.io import storage
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.naming import key_id, split_member
-from airflow_curator.core.wds.records import group_records
-from airflow_curator.core.wds.tarstream import Member, TarScanner, file_cached
+from airflow_curator.core.wds.records import Record, group_records, iter_records
+from airflow_curator.core.wds.tarstream import Member, file_cached
 from airflow_curator.core.workerpool import worker_pool
 
 logger = logging.getLogger(__name__)
@@ -32,10 +32,15 @@ Location = list[tuple[str, int, int]]  # a record's members: (ext, data offset, 
 
 
 def index_text(members: Iterable[Member], shard: str = "?") -> tuple[str, int]:
-    """Index file content and its sample count: one line per record as ``group_records`` makes
-    records (the readers' grouping), its members in tar order."""
+    """Index file content and its sample count for members in tar order."""
+    return _index_of(group_records(((m, None) for m in members), shard), shard)
+
+
+def _index_of(records: Iterable[Record], shard: str) -> tuple[str, int]:
+    """One line per record as ``group_records`` makes records (the readers' grouping), its
+    members in tar order."""
     lines: list[str] = []
-    for record in group_records(((m, None) for m in members), shard):
+    for record in records:
         line = " ".join([f"{e} {m.data_offset} {m.size} {m.name}" for e, m in record.parts.items()])
         if len(line.split()) != 4 * len(record.parts):  # white space in a name
             name = next(m.name for m in record.parts.values() if _SPACE.search(m.name))
@@ -95,19 +100,9 @@ def read_index(url: str, shard: str) -> IndexLocations:
     return IndexLocations(storage.read_bytes(url).decode("utf-8", "surrogateescape"), shard, url)
 
 
-def scan_members(tar_url: str, size: int | None = None, shard: str = "?") -> list[Member]:
-    with storage.open_read(tar_url) as f:
-        scanner = TarScanner(f, size, source=tar_url)
-        try:
-            return [m for m, _ in scanner.members()]
-        except TarFormatError as e:
-            raise ShardError(shard, str(e)) from None
-        finally:
-            scanner.close()
-
-
 def build_index(tar_url: str, size: int | None = None, shard: str = "?") -> tuple[str, int]:
-    return index_text(scan_members(tar_url, size, shard), shard)
+    """The index of a tar, from one streaming pass over its headers."""
+    return _index_of(iter_records(tar_url, shard, with_data=False, size=size), shard)
 
 
 @dataclass
