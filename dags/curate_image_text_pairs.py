@@ -150,13 +150,10 @@ with DAG(
             "Aesthetic head", "Aesthetic head URI or 'none'; empty: the pinned LAION head"
         ),
         "aesthetic_sha256": _pin("the aesthetic head"),
-        "nsfw_weights": Param(
-            "none",
-            type="string",
-            minLength=1,
-            description="NSFW head weights URI (the LAION CLIP-based detector as a PyTorch "
-            "state dict; LAION publishes only Keras, so there is no pinned default), or "
-            "'none' to skip NSFW scoring (then leave max_nsfw empty)",
+        "nsfw_weights": _path(
+            "NSFW head",
+            "NSFW head URI or 'none'; empty: NeMo Curator's default, LAION's CLIP-based "
+            "detector clip_autokeras_binary_nsfw.pth (its sha256 is logged: pin it below)",
         ),
         "nsfw_sha256": _pin("the NSFW head"),
         "min_aesthetic": Param(

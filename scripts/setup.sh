@@ -20,6 +20,10 @@ log=.venv/setup.log
   # compat: a path entry instead of an import hook (10 ms off every step's start)
   .venv/bin/python -m pip install -c scripts/constraints.txt --config-settings editable_mode=compat \
     -e ".[runtime,dev]"
+  # The build leaves airflow_curator.egg-info in the checkout, which the path entry puts on
+  # sys.path: a second copy of the metadata, so Airflow loads every entry point (the plugin
+  # included) twice. The installed .dist-info is the metadata.
+  rm -rf airflow_curator.egg-info
 } >"$log" 2>&1 || { tail -n 40 "$log" >&2; echo "setup failed: see $log" >&2; exit 1; }
 echo "$want" >"$stamp"
 echo "set up .venv" >&2
