@@ -3,8 +3,8 @@
 ``embedder(dataset)`` returns a dataset whose metadata gains the embedding column (and the
 columns of ``classifiers=[...]``) lazily, through ``map_partitions``. For ``TimmImageEmbedder``
 and ``ClipImageEmbedder`` a partition is one pass over its shard by the core ``Annotator`` of
-``airflow-curator annotate``: DALI decodes (GPU or CPU, corrupt images flagged in ``error``), the
-model embeds, the LAION heads given as classifiers score in the same batches, and rows join the
+``airflow-curator annotate``: its decoder (DALI on a GPU; on the CPU, JPEGs decoded small, then
+the model's own preprocessing; corrupt images flagged in ``error``), the model embeds, the LAION heads given as classifiers score in the same batches, and rows join the
 metadata by id. The annotator (model and heads) is loaded once per worker process. Subclass
 ``ImageEmbedder`` (``load_dataset_shard``, ``load_embedding_model``) to plug in your own model.
 """
@@ -170,7 +170,7 @@ class _AnnotatorEmbedder(ImageEmbedder):
             nsfw_sha256=heads["nsfw"][1],
             device=device,
             batch_size=batch_size,
-            threads=num_threads_per_worker,
+            decode_threads=num_threads_per_worker or None,  # NeMo's: the decoder's
             normalize=normalize_embeddings,
             autocast=autocast,
         )

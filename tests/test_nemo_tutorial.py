@@ -196,16 +196,21 @@ def test_docs_fused_classifiers_match_the_annotate_step(tmp_path, tiny, monkeypa
         ],
         weights=tiny["weights"],
     )
+    from airflow_curator.core.annotate.cpu_decoder import CpuDecoder
     from airflow_curator.core.annotate.decode import Decoder
 
     decoded: list[str] = []
-    decode_tar = Decoder.decode_tar
 
-    def counted(self, tar, *args, **kwargs):
-        decoded.append(os.path.basename(tar))
-        return decode_tar(self, tar, *args, **kwargs)
+    def counted(decode):
+        def run(self, tar, *args, **kwargs):
+            decoded.append(os.path.basename(tar))
+            return decode(self, tar, *args, **kwargs)
 
-    monkeypatch.setattr(Decoder, "decode_tar", counted)
+        return run
+
+    # the CPU's decoder or DALI's on a GPU, whichever the annotator uses
+    monkeypatch.setattr(CpuDecoder, "decode", counted(CpuDecoder.decode))
+    monkeypatch.setattr(Decoder, "decode_tar", counted(Decoder.decode_tar))
     dataset_with_scores = embedding_model(dataset)
     dataset_with_scores.save_metadata()  # Metadata will have new columns
     assert sorted(decoded) == ["00000.tar", "00001.tar", "00002.tar"]  # each shard once

@@ -103,3 +103,18 @@ def test_pinned_weights_log_no_false_warnings(tmp_path, tiny, caplog):
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [m for m in messages if "not pinned" in m or "initialized randomly" in m], messages
     assert any("Instantiating model" in r.getMessage() for r in caplog.records)  # open_clip ran
+
+
+def test_thread_counts_are_options_and_come_back_in_the_result(tmp_path, tiny, capsys):
+    dataset = tmp_path / "dataset"
+    write_awkward_shard(dataset, 0)
+    result = tmp_path / "r.json"
+    extra = {"torch-threads": 1, "decode-threads": 3}
+    assert (
+        main(build_argv("annotate", options(tiny, dataset, tmp_path / "o", **extra), str(result)))
+        == 0
+    )
+    assert json.loads(result.read_text())["threads"] == {"torch": 1, "decode": 3}
+    bad = options(tiny, dataset, tmp_path / "o2", **{"decode-threads": 0})
+    assert main(build_argv("annotate", bad)) == 2
+    assert "--decode-threads must be >= 1" in capsys.readouterr().err

@@ -1,16 +1,16 @@
 """Annotate shards: CLIP image and text embeddings, CLIP score, aesthetic and NSFW scores.
 
 One ``Annotator`` per invocation loads the model and heads once, then per shard: scan the tar
-(ids, captions, a structural check of each image), check the ids against the Parquet and each
-``.json``, decode with DALI, embed and score batch by batch, and write
-``<annotations>/NNNNN.parquet`` atomically, rows in the Parquet's order, joined by id. A bad image
-gets an ``error`` and null values; the rest of the shard is annotated. A shard whose annotation
-was made from the same inputs is skipped unless ``force``.
+(ids, captions, a structural check of each image), decode (on the CPU as the scan goes, see
+``cpu_decoder``; on a GPU with DALI), embed and score batch by batch, check the ids against the
+Parquet and each ``.json``, and write ``<annotations>/NNNNN.parquet`` atomically, rows in the
+Parquet's order, joined by id. A bad image gets an ``error`` and null values; the rest of the
+shard is annotated. A shard whose annotation was made from the same inputs is skipped unless
+``force``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_curator.core.annotate.clip import ClipModel, load_model, model_spec, resolve_weights
-from airflow_curator.core.annotate.decode import Decoder, Preprocess, check_image
+from airflow_curator.core.annotate.cpu_decoder import CpuDecoder
+from airflow_curator.core.annotate.decode import Batch, Decoder, Preprocess, check_image
 from airflow_curator.core.annotate.heads import DEFAULTS, Head
+from airflow_curator.core.annotate.threads import ThreadPlan, cpu_cores, plan_threads, torch_threads
 from airflow_curator.core.annotate.weights import WeightsFile, resolve
 from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import check_json_id, compare_ids, read_shard_ids
@@ -40,12 +42,9 @@ from airflow_curator.core.wds.tarstream import Member
 logger = logging.getLogger(__name__)
 
 NONE = "none"
-META_KEY = b"airflow_curator.annotate"
+META_KEY = b"airflow_curator.annotate"  # the inputs: equal means the annotation is reused
+THREADS_KEY = b"airflow_curator.annotate.threads"  # the thread plan the values were made with
 MAX_ERRORS = 5  # error examples per shard in the result
-# About what decoding and resizing one ~60 KB JPEG costs a CPU core. A model cheaper than that
-# gains nothing from torch's intra-op threads on the CPU, and their barriers stall behind DALI's
-# decoding threads on the same cores (measured: a tiny model runs 2x faster end to end with one).
-DECODE_SECONDS = 0.002
 
 
 @dataclass
@@ -63,7 +62,8 @@ class Options:
     batch_size: int = 64
     id_col: str = "key"
     force: bool = False
-    threads: int = 0  # DALI decoding threads (0: up to 4 on a CPU, 8 on a GPU)
+    torch_threads: int | None = None  # None: from cores, model FLOPs and batch (threads.py)
+    decode_threads: int | None = None  # None: the cores torch leaves (CPU), up to 8 (GPU)
     normalize: bool = True  # timm models: L2-normalise the embeddings (CLIP ones always are)
     autocast: bool = True  # timm models on a GPU: run under torch.autocast
 
@@ -104,10 +104,9 @@ class Outcome:
 
 def scan_shard(
     tar: str, shard: str, id_col: str, size: int | None = None, source: str | None = None
-) -> list[ScannedRecord]:
+) -> Iterator[ScannedRecord]:
     """Records in tar order with their caption and, for unusable images, the reason;
     ``source``: the dataset URI of ``tar`` when it is a local copy."""
-    out: list[ScannedRecord] = []
     for rec in iter_records(tar, shard, size=size, source=source):
         check_json_id(rec, id_col, shard)
         ext = rec.image_ext()
@@ -115,8 +114,7 @@ def scan_shard(
             check_image(rec.data[ext]) if ext else "record has no image (jpg, jpeg, png or webp)"
         )
         caption = rec.data.get("txt", b"").decode("utf-8", "replace")
-        out.append(ScannedRecord(rec.id, rec.parts[ext] if ext else None, caption, error))
-    return out
+        yield ScannedRecord(rec.id, rec.parts[ext] if ext else None, caption, error)
 
 
 class Annotator:
@@ -137,8 +135,8 @@ class Annotator:
             self.head_files[kind] = resolve(uri or DEFAULTS[kind], sha)
         self._clip: ClipModel | None = None
         self.heads: dict[str, Head] = {}
-        self.decoder: Decoder | None = None
-        self.torch_threads = 0  # 0: torch's default
+        self.decoder: CpuDecoder | Decoder | None = None
+        self.threads: ThreadPlan | None = None
 
     def inputs(self, shard: Shard) -> dict[str, Any]:
         """What an annotation depends on; equal inputs mean the annotation can be reused."""
@@ -180,15 +178,30 @@ class Annotator:
                 )
             for kind, wf in self.head_files.items():
                 self.heads[kind] = Head(kind, wf, self._clip.embed_dim, self.device)
-            if self.device == "cpu" and self._clip.seconds_per_image() < DECODE_SECONDS:
-                self.torch_threads = 1
-                logger.info("model cheaper than decoding: one torch thread, the cores decode")
-            self.decoder = Decoder(
-                Preprocess.from_open_clip(self._clip.preprocess),
+            opts = self.options
+            gpu = self.device.startswith("cuda")
+            self.threads = plan_threads(
                 self.device,
-                self.options.batch_size,
-                self.options.threads,
+                cpu_cores(),
+                0 if gpu else self._clip.flops_per_image(),
+                opts.batch_size,
+                opts.torch_threads,
+                opts.decode_threads,
             )
+            if gpu:
+                self.decoder = Decoder(
+                    Preprocess.from_open_clip(self._clip.preprocess),
+                    self.device,
+                    opts.batch_size,
+                    self.threads.decode_threads,
+                )
+            else:
+                self.decoder = CpuDecoder(
+                    self._clip.image_transform(),
+                    self._clip.image_size,
+                    self.threads.decode_threads,
+                    opts.batch_size,
+                )
             logger.info(
                 "model %s (%d-d) and heads %s on %s loaded in %.1fs",
                 self.spec.label,
@@ -215,13 +228,18 @@ class Annotator:
     def annotate_shard(self, shard: Shard, url: str) -> Outcome:
         """Annotate one shard into the Parquet file ``url`` (written atomically)."""
         table, outcome = self.annotate_table(shard)
-        parquet.write_table(url, table, metadata={META_KEY: self._fingerprint(shard)})
+        assert self.threads is not None
+        threads = json.dumps(self.threads.metadata(), sort_keys=True).encode()
+        parquet.write_table(
+            url, table, metadata={META_KEY: self._fingerprint(shard), THREADS_KEY: threads}
+        )
         return outcome
 
     def annotate_table(self, shard: Shard) -> tuple[Any, Outcome]:
         """One shard's annotation table (the Parquet's ids, in its order) and its outcome."""
         clip = self.clip
-        with _torch_threads(self.torch_threads):
+        assert self.threads is not None
+        with torch_threads(self.threads.torch_threads):
             return self._annotate_table(shard, clip)
 
     def _annotate_table(self, shard: Shard, clip: ClipModel) -> tuple[Any, Outcome]:
@@ -231,13 +249,17 @@ class Annotator:
             if not storage.is_local(shard.tar):
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
                 storage.copy_file(shard.tar, tar)
-            records = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes, shard.tar)
+            assert shard.parquet is not None  # discovery pairs every shard with its Parquet
             pq_ids, failed = read_shard_ids(
                 shard.parquet, self.options.id_col, shard.stem, shard.parquet_bytes
             )
+            records: list[ScannedRecord] = []
+            scan = scan_shard(tar, shard.stem, self.options.id_col, shard.tar_bytes, shard.tar)
+            # the scan is consumed as the decoder needs records: reading overlaps decoding
+            results = self._run(shard, tar, _kept(scan, records), clip)
+            records.extend(scan)  # whatever the decoder did not need (none usable, say)
             present = {r.id for r in records}
             compare_ids(pq_ids, present, shard.stem, allowed_missing=failed)
-            results = self._run(shard, tar, records, clip)
         # img2dataset's failed downloads: a Parquet row and no members, carried with an error
         records += [ScannedRecord(rid, None, "", FAILED_DOWNLOAD) for rid in failed - present]
         table = self._table(pq_ids, records, results, clip.embed_dim)
@@ -252,25 +274,20 @@ class Annotator:
         )
 
     def _run(
-        self, shard: Shard, tar: str, records: list[ScannedRecord], clip: ClipModel
+        self, shard: Shard, tar: str, records: Iterator[ScannedRecord], clip: ClipModel
     ) -> dict[str, tuple[Any, ...]]:
-        """id -> (image_emb, text_emb, clip_score, aesthetic, nsfw) as numpy rows."""
-        good = [r for r in records if r.error is None]
-        if not good:
-            return {}
-        by_id = {r.id: r for r in good}
-        text = self._index(shard, good)
+        """id -> (image_emb, text_emb, clip_score, aesthetic, nsfw) as numpy rows, for the
+        usable records among ``records``."""
+        by_id: dict[str, ScannedRecord] = {}
 
-        def read(rid: str) -> bytes:
-            m = by_id[rid].image
-            assert m is not None  # a record without an image has an error, and is not here
-            with open(tar, "rb") as f:
-                f.seek(m.data_offset)
-                return f.read(m.size)
+        def good() -> Iterator[ScannedRecord]:
+            for r in records:
+                if r.error is None:
+                    by_id[r.id] = r
+                    yield r
 
         out: dict[str, tuple[Any, ...]] = {}
-        assert self.decoder is not None
-        for batch in self.decoder.decode_tar(tar, text, [r.id for r in good], read):
+        for batch in self._batches(shard, tar, good()):
             for rid, error in batch.errors.items():
                 by_id[rid].error = error
             if not batch.ids:
@@ -283,6 +300,28 @@ class Annotator:
             for i, rid in enumerate(batch.ids):
                 out[rid] = tuple(None if a is None else a[i] for a in arrays)
         return out
+
+    def _batches(self, shard: Shard, tar: str, records: Iterator[ScannedRecord]) -> Iterator[Batch]:
+        """Decoded batches of the usable images, in tar order: on the CPU straight from their
+        members as the scan reaches them; on a GPU through DALI's reader, which needs an index
+        of them all first."""
+        if isinstance(self.decoder, CpuDecoder):
+            return self.decoder.decode(tar, ((r.id, r.image) for r in records))  # type: ignore[misc]
+        assert self.decoder is not None
+        good = list(records)
+        if not good:
+            return iter(())
+        by_id = {r.id: r for r in good}
+
+        def read(rid: str) -> bytes:
+            m = by_id[rid].image
+            assert m is not None  # a record without an image has an error, and is not here
+            with open(tar, "rb") as f:
+                f.seek(m.data_offset)
+                return f.read(m.size)
+
+        text = self._index(shard, good)
+        return self.decoder.decode_tar(tar, text, [r.id for r in good], read)
 
     def _index(self, shard: Shard, good: list[ScannedRecord]) -> str:
         """The DALI index of the usable images; the shard's ``.idx``, when present, must agree."""
@@ -345,20 +384,11 @@ class Annotator:
         )
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (0: leave as is), restored afterwards."""
-    if not n:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _kept(records: Iterator[ScannedRecord], into: list[ScannedRecord]) -> Iterator[ScannedRecord]:
+    """``records``, each also appended to ``into``."""
+    for r in records:
+        into.append(r)
+        yield r
 
 
 def annotate_dataset(
@@ -398,6 +428,9 @@ def annotate_dataset(
         output=output,
         annotations=folder,
         device=annotator.device,
+        threads=None
+        if annotator.threads is None
+        else {"torch": annotator.threads.torch_threads, "decode": annotator.threads.decode_threads},
         model=options.model,
         heads=sorted(annotator.head_files),
         shards=len(outcomes),

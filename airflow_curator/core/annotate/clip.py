@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_curator.core.annotate import timm_model
+from airflow_curator.core.annotate.threads import counted_flops
 from airflow_curator.core.annotate.weights import (
     WeightsError,
     WeightsFile,
@@ -195,9 +196,9 @@ class ClipModel:
         size = self.preprocess.get("size", 224)
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
-    def reference_transform(self) -> Any:
-        """open_clip's own torchvision preprocessing for this model (PIL in, tensor out): the
-        reference our DALI path is checked and benchmarked against."""
+    def image_transform(self) -> Any:
+        """open_clip's own eval preprocessing for this model (PIL in, tensor out): the CPU
+        decoder runs its resize and crop, and the GPU path is checked against it."""
         import open_clip
 
         pre = self.preprocess
@@ -208,6 +209,7 @@ class ClipModel:
             std=pre["std"],
             interpolation=pre["interpolation"],
             resize_mode=pre["resize_mode"],
+            fill_color=pre.get("fill_color", 0),
         )
 
     def autocast(self) -> Any:
@@ -219,18 +221,14 @@ class ClipModel:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def seconds_per_image(self, n: int = 4) -> float:
-        """Wall time of one warm image+caption through the model (after a warm-up batch)."""
-        import time
-
+    def flops_per_image(self) -> int:
+        """FLOPs of one image and one caption through both towers, as torch counts them on a
+        sample (a fact about the model, unlike a timing)."""
         import torch
 
-        images = torch.zeros(n, 3, *self.image_size)
-        tokens = self.tokenize(["a photo"] * n)
-        self.encode(images, tokens)
-        t0 = time.perf_counter()
-        self.encode(images, tokens)
-        return (time.perf_counter() - t0) / n
+        images = torch.zeros(1, 3, *self.image_size, device=self.device)
+        tokens = self.tokenize(["a photo"]).to(self.device)
+        return counted_flops(lambda: (self.model.encode_image(images), self.model.encode_text(tokens)))
 
     def tokenize(self, texts: list[str]) -> Any:
         return self.tokenizer(texts)

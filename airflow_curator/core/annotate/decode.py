@@ -259,7 +259,7 @@ class Decoder:
                     tar,
                     len(done),
                     len(ids),
-                    _short(e),
+                    short_error(e),
                 )
         rest = [rid for rid in ids if rid not in done]
         if rest:
@@ -282,7 +282,7 @@ class Decoder:
             except Exception as e:
                 pipe = None  # a failed pipeline is not reusable
                 if len(chunk) == 1:
-                    yield Batch([], None, {chunk[0]: f"image cannot be decoded: {_short(e)}"})
+                    yield Batch([], None, {chunk[0]: f"image cannot be decoded: {short_error(e)}"})
                 else:
                     half = len(chunk) // 2
                     stack.extend([chunk[half:], chunk[:half]])
@@ -304,7 +304,7 @@ def _source_id(info: Any, tar: str) -> str:
     return key_id(split_member(member)[0])
 
 
-def _short(error: BaseException) -> str:
+def short_error(error: BaseException) -> str:
     """The informative line of a long DALI error (the one after ``encountered:``)."""
     text = str(error)
     tail = text.split("encountered:", 1)[-1]

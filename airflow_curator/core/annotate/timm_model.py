@@ -6,7 +6,8 @@ the LAION heads were trained on). It gives image embeddings only: no text tower,
 embeddings and no CLIP score. Weights go through the same ``weights.resolve`` (pin check, cache)
 and ``read_state_dict`` as the CLIP models; the default is the model's timm hub checkpoint, which
 has no published digest (its sha256 is logged, pin it with ``--weights-sha256``). timm's eval
-preprocessing (resize the shorter side to ``size / crop_pct``, centre crop) becomes DALI's.
+preprocessing (resize the shorter side to ``size / crop_pct``, centre crop) is what the CPU decoder
+runs (timm's own transform, ``image_transform``) and what DALI's resize and crop follow on a GPU.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from typing import Any
 
+from airflow_curator.core.annotate.threads import counted_flops
 from airflow_curator.core.annotate.weights import (
     HUB_PREFIX,
     WeightsError,
@@ -98,7 +99,8 @@ class TimmModel:
                     f"weights {weights.uri} do not fit timm model {name}: {str(e)[:500]}"
                 ) from None
         self.model = model.eval().to(self.device)
-        self.preprocess = preprocess_config(timm.data.resolve_data_config({}, model=model), name)
+        self.data_config = timm.data.resolve_data_config({}, model=model)
+        self.preprocess = preprocess_config(self.data_config, name)
         h, w = self.preprocess["size"]
         with torch.inference_mode():
             probe = self.model(torch.zeros(1, 3, h, w, device=self.device))
@@ -124,14 +126,23 @@ class TimmModel:
         out = out.float()
         return (F.normalize(out, dim=-1) if self.normalize else out), None
 
-    def seconds_per_image(self, n: int = 4) -> float:
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocess["size"]
+
+    def image_transform(self) -> Any:
+        """timm's own eval preprocessing for this model (PIL in, tensor out): the CPU decoder
+        runs its resize and crop, and the GPU path is checked against it."""
+        import timm
+
+        return timm.data.create_transform(**self.data_config)
+
+    def flops_per_image(self) -> int:
+        """FLOPs of one image through the model, as torch counts them on a sample."""
         import torch
 
-        images = torch.zeros(n, 3, *self.preprocess["size"])
-        self.encode(images)
-        t0 = time.perf_counter()
-        self.encode(images)
-        return (time.perf_counter() - t0) / n
+        images = torch.zeros(1, 3, *self.image_size, device=self.device)
+        return counted_flops(lambda: self.model(images))
 
 
 def preprocess_config(cfg: dict[str, Any], name: str) -> dict[str, Any]:

@@ -48,11 +48,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per model batch")
     options.id_col(p)
     options.force(p, "annotate shards that are already done")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads on the CPU (default: from the cores, the model's FLOPs and "
+        "the batch size; recorded in each annotation's metadata)",
+    )
+    p.add_argument(
+        "--decode-threads",
+        type=int,
+        help="image decoding threads (default: the cores torch leaves, plus one; changes no value)",
+    )
 
 
 def run(args: argparse.Namespace) -> Result:
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+    for flag in ("batch_size", "torch_threads", "decode_threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
     options = Options(
         model=args.model,
         weights=args.weights,
@@ -65,5 +78,7 @@ def run(args: argparse.Namespace) -> Result:
         batch_size=args.batch_size,
         id_col=args.id_col,
         force=args.force,
+        torch_threads=args.torch_threads,
+        decode_threads=args.decode_threads,
     )
     return annotate_dataset(args.dataset, args.output, args.shards, options)

@@ -65,7 +65,7 @@ def reference_image_embeddings(annotator, dataset):
     from PIL import Image
 
     clip = annotator.clip
-    transform = clip.reference_transform()
+    transform = clip.image_transform()
     out = {}
     for rec in iter_records(str(dataset / "00000.tar")):
         ext = rec.image_ext()
