@@ -322,7 +322,7 @@ def main() -> int:
         warm_cache(tars(dataset))
         t_ours = timed_process(ours_argv)
         with open(os.path.join(root, "ours.json")) as f:
-            ours_shard = statistics.median(s["images_per_s"] for s in json.load(f)["per_shard"])
+            ours_shard = statistics.median(s["records_per_s"] for s in json.load(f)["per_shard"])
         t_naive, _ = worker("naive")
         t_dali, dali = worker("dali")
         t_model, _ = worker("model")
