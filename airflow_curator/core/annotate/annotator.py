@@ -183,7 +183,7 @@ class Annotator:
             self.threads = plan_threads(
                 self.device,
                 cpu_cores(),
-                0 if gpu else self._clip.flops_per_image(),
+                0 if gpu else self._clip.flops_per_image,
                 opts.batch_size,
                 opts.torch_threads,
                 opts.decode_threads,

@@ -7,6 +7,7 @@ OpenAI's pinned checkpoints and for the tiny random test models alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -221,9 +222,10 @@ class ClipModel:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @functools.cached_property
     def flops_per_image(self) -> int:
         """FLOPs of one image and one caption through both towers, as torch counts them on a
-        sample (a fact about the model, unlike a timing)."""
+        sample (a fact about the model, unlike a timing); counted once per loaded model."""
         import torch
 
         images = torch.zeros(1, 3, *self.image_size, device=self.device)

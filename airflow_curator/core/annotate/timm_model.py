@@ -13,6 +13,7 @@ runs (timm's own transform, ``image_transform``) and what DALI's resize and crop
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from typing import Any
@@ -137,8 +138,10 @@ class TimmModel:
 
         return timm.data.create_transform(**self.data_config)
 
+    @functools.cached_property
     def flops_per_image(self) -> int:
-        """FLOPs of one image through the model, as torch counts them on a sample."""
+        """FLOPs of one image through the model, as torch counts them on a sample; counted
+        once per loaded model."""
         import torch
 
         images = torch.zeros(1, 3, *self.image_size, device=self.device)

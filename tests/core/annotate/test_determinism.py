@@ -130,7 +130,7 @@ def test_torch_threads_are_recorded_and_a_different_count_changes_at_most_the_la
     from airflow_curator.core.annotate.weights import resolve
 
     _, _, tiny = setup
-    flops = ClipModel(model_spec(tiny["model"]), resolve(tiny["weights"])).flops_per_image()
+    flops = ClipModel(model_spec(tiny["model"]), resolve(tiny["weights"])).flops_per_image
     expected = plan_threads("cpu", cpu_cores(), flops, BATCH)
     assert expected.torch_threads == 1
     runs = {"default": default, 1: api(setup, "torch-1", torch_threads=1)}
