@@ -4,9 +4,10 @@
 columns of ``classifiers=[...]``) lazily, through ``map_partitions``. For ``TimmImageEmbedder``
 and ``ClipImageEmbedder`` a partition is one pass over its shard by the core ``Annotator`` of
 ``airflow-curator annotate``: its decoder (DALI on a GPU; on the CPU, JPEGs decoded small, then
-the model's own preprocessing; corrupt images flagged in ``error``), the model embeds, the LAION heads given as classifiers score in the same batches, and rows join the
-metadata by id. The annotator (model and heads) is loaded once per worker process. Subclass
-``ImageEmbedder`` (``load_dataset_shard``, ``load_embedding_model``) to plug in your own model.
+the model's own preprocessing; corrupt images flagged in ``error``), the model embeds, the LAION
+heads given as classifiers score in the same batches, and rows join the metadata by id. The
+annotator (model and heads) is loaded once per worker process. Subclass ``ImageEmbedder``
+(``load_dataset_shard``, ``load_embedding_model``) to plug in your own model.
 """
 
 from __future__ import annotations

@@ -306,7 +306,7 @@ class Annotator:
         members as the scan reaches them; on a GPU through DALI's reader, which needs an index
         of them all first."""
         if isinstance(self.decoder, CpuDecoder):
-            return self.decoder.decode(tar, ((r.id, r.image) for r in records))  # type: ignore[misc]
+            return self.decoder.decode(tar, _images(records))
         assert self.decoder is not None
         good = list(records)
         if not good:
@@ -382,6 +382,13 @@ class Annotator:
                 "error": pa.array([errors[rid] for rid in ids], pa.string()),
             }
         )
+
+
+def _images(records: Iterator[ScannedRecord]) -> Iterator[tuple[str, Member]]:
+    """(id, image member) of usable records (a record without an image has an error)."""
+    for r in records:
+        assert r.image is not None
+        yield r.id, r.image
 
 
 def _kept(records: Iterator[ScannedRecord], into: list[ScannedRecord]) -> Iterator[ScannedRecord]:

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.annotate import timm_model
 from airflow_curator.core.annotate.threads import counted_flops
@@ -27,6 +27,9 @@ from airflow_curator.core.annotate.weights import (
 )
 from airflow_curator.core.errors import UsageError
 from airflow_curator.core.io import storage
+
+if TYPE_CHECKING:
+    from airflow_curator.core.annotate.cpu_decoder import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ class ClipModel:
         size = self.preprocess.get("size", 224)
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
-    def image_transform(self) -> Any:
+    def image_transform(self) -> Transform:
         """open_clip's own eval preprocessing for this model (PIL in, tensor out): the CPU
         decoder runs its resize and crop, and the GPU path is checked against it."""
         import open_clip
@@ -230,7 +233,9 @@ class ClipModel:
 
         images = torch.zeros(1, 3, *self.image_size, device=self.device)
         tokens = self.tokenize(["a photo"]).to(self.device)
-        return counted_flops(lambda: (self.model.encode_image(images), self.model.encode_text(tokens)))
+        return counted_flops(
+            lambda: (self.model.encode_image(images), self.model.encode_text(tokens))
+        )
 
     def tokenize(self, texts: list[str]) -> Any:
         return self.tokenizer(texts)

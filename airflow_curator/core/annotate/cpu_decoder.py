@@ -23,12 +23,19 @@ import io
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from airflow_curator.core.annotate.decode import Batch, short_error
 from airflow_curator.core.wds.tarstream import Member
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from numpy.typing import NDArray
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +47,43 @@ PIECE = 16  # images per worker task: small enough to keep every worker busy to 
 LOOKAHEAD = 2  # batches queued for the workers while the model runs on the current one
 
 
+class Transform(Protocol):
+    """torchvision's ``Compose`` as open_clip and timm build an eval transform: resize and crop
+    steps on a PIL image, then ``ToTensor`` and ``Normalize``."""
+
+    transforms: Sequence[Callable[[Image.Image], object]]
+
+
+@runtime_checkable
+class _Normalize(Protocol):
+    """torchvision's ``Normalize``, as far as the decoder reads it."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, image: Image.Image, /) -> object: ...
+
+
+# a worker's piece of a batch: the ids decoded, their pixels, and the errors of the others
+Piece = tuple[list[str], list["NDArray[np.uint8]"], dict[str, str]]
+
+
 class CpuDecoder:
     """Decodes records of a local tar into normalised image batches, as the model's
     ``transform`` (open_clip's or timm's eval preprocessing: resize, crop, to tensor,
     normalise) would."""
 
     def __init__(
-        self, transform: Any, size: tuple[int, int], threads: int, batch_size: int
+        self, transform: Transform, size: tuple[int, int], threads: int, batch_size: int
     ) -> None:
         import torch
 
         *geometry, to_tensor, normalize = transform.transforms
-        if type(normalize).__name__ != "Normalize" or "ToTensor" not in type(to_tensor).__name__:
+        if (
+            not isinstance(normalize, _Normalize)
+            or type(normalize).__name__ != "Normalize"
+            or "ToTensor" not in type(to_tensor).__name__
+        ):
             raise ValueError(f"unexpected preprocessing: {transform}")
         self.geometry = geometry
         self.mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(-1, 1, 1)
@@ -61,25 +93,28 @@ class CpuDecoder:
         self.threads = threads
         self.batch_size = batch_size
 
-    def pixels(self, data: bytes) -> Any:
+    def pixels(self, data: bytes) -> NDArray[np.uint8]:
         """One image as H x W x 3 uint8, after the transform's resize and crop."""
         import numpy as np
         from PIL import Image, ImageOps
 
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         image.draft(image.mode, (self.draft, self.draft))  # JPEG only: DCT-domain scaling
         if image.format != "JPEG" or "exif" in image.info or "xmp" in image.info:
             ImageOps.exif_transpose(image, in_place=True)  # as DALI's decoder does
         if image.mode != "RGB":
             image = image.convert("RGB")
         for step in self.geometry:
-            image = step(image)
-        out = np.asarray(image)
+            resized = step(image)
+            if not isinstance(resized, Image.Image):
+                raise ValueError(f"preprocessing step {step} gave {type(resized).__name__}")
+            image = resized
+        out = np.asarray(image, dtype=np.uint8)
         if out.shape != (*self.size, 3):
             raise ValueError(f"preprocessing gave {out.shape[:2]}, not {self.size}")
         return out
 
-    def tensor(self, images: list[Any]) -> Any:
+    def tensor(self, images: list[NDArray[np.uint8]]) -> torch.Tensor:
         """N x 3 x H x W float32: torchvision's ``ToTensor`` and ``Normalize``, op for op."""
         import numpy as np
         import torch
@@ -87,8 +122,10 @@ class CpuDecoder:
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         return x.float().div_(255).sub_(self.mean).div_(self.std)
 
-    def _piece(self, fd: int, items: list[tuple[str, Member]]) -> tuple[list, list, dict]:
-        ids, images, errors = [], [], {}
+    def _piece(self, fd: int, items: list[tuple[str, Member]]) -> Piece:
+        ids: list[str] = []
+        images: list[NDArray[np.uint8]] = []
+        errors: dict[str, str] = {}
         for rid, member in items:
             data = os.pread(fd, member.size, member.data_offset)
             try:
@@ -104,14 +141,12 @@ class CpuDecoder:
         """Batches of ``batch_size`` consecutive ``items`` (id, image member of ``tar``), less
         the images that fail; the same batches whatever the thread count or timing. ``items``
         is consumed a few batches ahead of the batch being yielded, in the calling thread."""
-        from concurrent.futures import ThreadPoolExecutor
-
         pending = iter(items)
         with (
             open(tar, "rb", buffering=0) as f,
             ThreadPoolExecutor(self.threads, thread_name_prefix="decode") as pool,
         ):
-            queued: deque[list[Any]] = deque()
+            queued: deque[list[Future[Piece]]] = deque()
 
             def submit() -> None:
                 chunk = list(islice(pending, self.batch_size))
@@ -142,7 +177,7 @@ class CpuDecoder:
                         fut.cancel()
 
 
-def _resized_side(geometry: list[Any], size: tuple[int, int]) -> int:
+def _resized_side(geometry: Sequence[object], size: tuple[int, int]) -> int:
     """The longest side any resize or crop step of ``geometry`` asks for, at least the model's
     input: a draft decode that keeps it leaves those steps their full input."""
     sides = list(size)

@@ -16,7 +16,6 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +88,9 @@ class ThreadPlan:
     model_flops: int  # per image: image and text towers, counted once
     reason: str
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, int | str]:
         """What goes into the annotation Parquet: the values' dependencies and their source."""
-        out = asdict(self)
+        out: dict[str, int | str] = asdict(self)
         del out["decode_threads"]
         return out
 

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.annotate.threads import counted_flops
 from airflow_curator.core.annotate.weights import (
@@ -26,6 +26,9 @@ from airflow_curator.core.annotate.weights import (
     read_state_dict,
 )
 from airflow_curator.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from airflow_curator.core.annotate.cpu_decoder import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ class TimmModel:
     def image_size(self) -> tuple[int, int]:
         return self.preprocess["size"]
 
-    def image_transform(self) -> Any:
+    def image_transform(self) -> Transform:
         """timm's own eval preprocessing for this model (PIL in, tensor out): the CPU decoder
         runs its resize and crop, and the GPU path is checked against it."""
         import timm
