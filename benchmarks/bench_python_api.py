@@ -42,10 +42,10 @@ def main() -> None:
         ImageTextPairDataset,
         NsfwClassifier,
     )
-    from airflow_curator.core.annotate.annotator import Annotator, Options, annotate_dataset
+    from airflow_curator.core.annotate.annotator import Annotator, annotate_dataset
     from airflow_curator.core.dataset.save_metadata import save_metadata
     from airflow_curator.testing.dataset import write_demo_dataset
-    from airflow_curator.testing.models import write_tiny_models
+    from airflow_curator.testing.models import tiny_options, write_tiny_models
 
     root = scratch_dir(args.dir, "bench-python-api-")
     data = os.path.join(root, "dataset")
@@ -55,14 +55,7 @@ def main() -> None:
         )
     tiny = write_tiny_models(os.path.join(root, "tiny"))
     records = args.shards * args.records
-    options = Options(
-        model=tiny["model"],
-        weights=tiny["weights"],
-        aesthetic_weights=tiny["aesthetic_weights"],
-        nsfw_weights=tiny["nsfw_weights"],
-        device="cpu",
-        force=True,
-    )
+    options = tiny_options(tiny, force=True)
     annotator = Annotator(options)
     embedder = ClipImageEmbedder(
         tiny["model"],

@@ -67,7 +67,7 @@ def captions(folder, shard: int = 0) -> dict[str, str]:
     return dict(zip(t.column("key").to_pylist(), t.column("caption").to_pylist()))
 
 
-def photo(seed: int, size=(512, 384), quality=85) -> bytes:
+def photo(seed: int, size: tuple[int, int] = (512, 384), quality: int = 85) -> bytes:
     """A noisy tinted gradient as a JPEG: at 512x384, q85 about 60 KB, like a web photo (the
     annotate benchmark's images)."""
     import numpy as np

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.annotate.weights import digest
+
+if TYPE_CHECKING:
+    from airflow_curator.core.annotate.annotator import Options
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,21 @@ def write_tiny_models(
     out["sha256"] = {p: digest(p) for k, p in out.items() if k != "model"}
     logger.info("tiny models in %s: embed_dim %d, image %d", folder, embed_dim, image_size)
     return out
+
+
+def tiny_options(tiny: dict[str, Any], **overrides: Any) -> Options:
+    """Annotate options for the models ``write_tiny_models`` wrote, on the CPU; ``overrides``
+    replace any of them."""
+    from airflow_curator.core.annotate.annotator import Options
+
+    fields: dict[str, Any] = {
+        "model": tiny["model"],
+        "weights": tiny["weights"],
+        "aesthetic_weights": tiny["aesthetic_weights"],
+        "nsfw_weights": tiny["nsfw_weights"],
+        "device": "cpu",
+    }
+    return Options(**{**fields, **overrides})
 
 
 def write_tiny_timm(

@@ -16,7 +16,7 @@ from airflow_curator.core.annotate.annotator import (
 from airflow_curator.core.errors import CuratorError, ShardError
 from airflow_curator.core.wds.records import iter_records
 from airflow_curator.testing.awkward import captions, write_awkward_shard
-from airflow_curator.testing.models import write_tiny_models
+from airflow_curator.testing.models import tiny_options, write_tiny_models
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
@@ -29,15 +29,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def options(tiny):
-    return Options(
-        model=tiny["model"],
-        weights=tiny["weights"],
-        weights_sha256=tiny["sha256"][tiny["weights"]],
-        aesthetic_weights=tiny["aesthetic_weights"],
-        nsfw_weights=tiny["nsfw_weights"],
-        device="cpu",
-        batch_size=4,
-    )
+    return tiny_options(tiny, weights_sha256=tiny["sha256"][tiny["weights"]], batch_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -6,24 +6,17 @@ import pytest
 
 from airflow_curator.core.annotate.annotator import (
     Annotator,
-    Options,
     annotate_dataset,
     annotations_url,
 )
 from airflow_curator.testing.awkward import write_awkward_shard
+from airflow_curator.testing.models import tiny_options
 
 pytestmark = pytest.mark.gpu
 
 
 def run(tmp_path, tiny, device):
-    options = Options(
-        model=tiny["model"],
-        weights=tiny["weights"],
-        aesthetic_weights=tiny["aesthetic_weights"],
-        nsfw_weights=tiny["nsfw_weights"],
-        device=device,
-        batch_size=4,
-    )
+    options = tiny_options(tiny, device=device, batch_size=4)
     annotator = Annotator(options)
     out = tmp_path / device
     result = annotate_dataset(str(tmp_path / "dataset"), str(out), None, options, annotator)

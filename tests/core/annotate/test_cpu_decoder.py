@@ -2,9 +2,10 @@
 on JPEGs decoded small in the DCT domain.
 
 Tolerance against that preprocessing of the full-size image (the naive loop): with no reduction
-possible the pixels are identical; with one, pixel values differ by about half an 8-bit level on
-average and the tiny models' image embeddings keep a cosine >= ``MIN_COSINE`` (the benchmark
-checks the same bound on its 5,000 images).
+possible the pixels are identical; with one, pixel values differ on average by about half an 8-bit
+level (open_clip's tiny model, 1/8 then a resize to 32) to 1.6 levels (timm's tiny ViT, 1/2 then a
+resize to 168), and the tiny models' image embeddings keep a cosine >= ``MIN_COSINE`` (the
+benchmark checks the same bound on its 5,000 images).
 """
 
 from __future__ import annotations
@@ -92,13 +93,19 @@ def test_without_a_reduction_the_pixels_are_the_models_own(model, fmt):
         assert torch.equal(got, reference(model, data)), size
 
 
+# mean and largest pixel difference in 8-bit levels, per model kind; measured: 0.46 and 3
+# (open_clip), 1.65 and 12 (timm: the 1/2 draft leaves only a 1.5x resize to smooth its error)
+LEVELS = {"ClipModel": (1, 6), "TimmModel": (2, 16)}
+
+
 def test_large_jpegs_decode_small_and_stay_within_tolerance(model):
     dec = decoder(model)
+    mean, largest = LEVELS[type(model).__name__]
     images = [photo(i) for i in range(24)] + [photo(99, (1600, 1200), 90)]
     ours = dec.tensor([dec.pixels(d) for d in images])
     theirs = torch.stack([reference(model, d) for d in images])
     levels = (ours - theirs).abs() * dec.std * 255  # back to 8-bit levels
-    assert levels.mean() < 1 and levels.max() <= 6  # measured: 0.46 and 3 (open_clip)
+    assert levels.mean() < mean and levels.max() <= largest
     a, _ = model.encode(ours, None)
     b, _ = model.encode(theirs, None)
     assert (a * b).sum(1).min() >= MIN_COSINE

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 import airflow_curator
-from airflow_curator.core.annotate.annotator import THREADS_KEY, Options, annotate_dataset
+from airflow_curator.core.annotate.annotator import THREADS_KEY, annotate_dataset
 from airflow_curator.core.annotate.threads import cpu_cores, plan_threads
 from airflow_curator.testing.awkward import photo, write_awkward_shard
+from airflow_curator.testing.models import tiny_options
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -89,16 +90,7 @@ def busy_cores(n: int):
 def api(setup, out: str, **options) -> dict[str, bytes]:
     """``annotate_dataset`` in this process, as the Python API calls it."""
     root, dataset, tiny = setup
-    opts = Options(
-        model=tiny["model"],
-        weights=tiny["weights"],
-        aesthetic_weights=tiny["aesthetic_weights"],
-        nsfw_weights=tiny["nsfw_weights"],
-        device="cpu",
-        batch_size=BATCH,
-        force=True,
-        **options,
-    )
+    opts = tiny_options(tiny, batch_size=BATCH, force=True, **options)
     annotate_dataset(str(dataset), str(root / out), None, opts)
     return files(root / out)
 
