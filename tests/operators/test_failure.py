@@ -125,7 +125,7 @@ def test_rendered_pod_gets_the_termination_log():
         task_id="index",
         dataset="gs://b/d",
         execution="kubernetes",
-        shard_group={"shards": "0-3", "label": "00000-00003"},
+        group={"shards": "0-3", "label": "00000-00003"},
         env_vars={"CURATOR_LOG": "debug"},
     )
     for _ in range(2):  # idempotent
