@@ -93,6 +93,25 @@ def test_without_a_reduction_the_pixels_are_the_models_own(model, fmt):
         assert torch.equal(got, reference(model, data)), size
 
 
+def test_the_direct_pillow_steps_give_torchvisions_pixels(model):
+    """The decoder runs the transform's resize and crop as Pillow calls, skipping
+    torchvision's per-call checks; on any size (crop with and without padding) the images are
+    torchvision's own, byte for byte."""
+    from PIL import Image
+
+    dec = decoder(model)
+    assert all(step not in dec.geometry for step in dec.steps)  # every step was replaced
+    rng = random.Random(0)
+    side = resized_side(model)
+    for size in [(1, 40), (side // 2, side // 3), (side, side), (3 * side, side + 1)] + [
+        (rng.randint(1, 4 * side), rng.randint(1, 4 * side)) for _ in range(20)
+    ]:
+        ours = theirs = Image.open(io.BytesIO(make_jpeg(rng, size, "PNG"))).convert("RGB")
+        for direct, step in zip(dec.steps, dec.geometry, strict=True):
+            ours, theirs = direct(ours), step(theirs)
+            assert ours.size == theirs.size and ours.tobytes() == theirs.tobytes(), (size, step)
+
+
 # mean and largest pixel difference in 8-bit levels, per model kind; measured: 0.46 and 3
 # (open_clip), 1.65 and 12 (timm: the 1/2 draft leaves only a 1.5x resize to smooth its error)
 LEVELS = {"ClipModel": (1, 6), "TimmModel": (2, 16)}
