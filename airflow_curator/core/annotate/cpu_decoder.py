@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from airflow_curator.core.annotate.decode import Batch, short_error
 from airflow_curator.core.wds.tarstream import Member
@@ -185,23 +185,23 @@ class CpuDecoder:
 def _direct(step: object) -> Callable[[Image.Image], Image.Image] | None:
     """``step`` as Pillow calls, the same pixels without torchvision's per-call checks (a
     fifth of a small draft decode's cost), for the eval steps open_clip and timm build:
-    ``Resize`` (no ``max_size``), ``CenterCrop`` that needs no padding, ``MaybeConvertMode``.
-    None for any other step: it runs as it is."""
+    torchvision's ``Resize`` (no ``max_size``) and ``CenterCrop``, open_clip's
+    ``MaybeConvertMode``. None for any other step: it runs as it is."""
     from PIL import Image
-    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-    name = type(step).__name__
-    if name == "MaybeConvertMode" and isinstance(getattr(step, "mode", None), str):
-        mode: str = getattr(step, "mode")
+    kind = f"{type(step).__module__.split('.')[0]}.{type(step).__name__}"
+    tv: Any = step  # torchvision ships no types
+    mode = getattr(step, "mode", None)
+    if kind == "open_clip.MaybeConvertMode" and isinstance(mode, str):
         return lambda image: image.convert(mode)
-    if type(step) is Resize and step.max_size is None:
-        size = [step.size] if isinstance(step.size, int) else list(step.size)
+    if kind == "torchvision.Resize" and tv.max_size is None:
+        size: list[int] = [tv.size] if isinstance(tv.size, int) else list(tv.size)
         method = {
-            InterpolationMode.NEAREST: Image.Resampling.NEAREST,
-            InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
-            InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
-            InterpolationMode.LANCZOS: Image.Resampling.LANCZOS,
-        }.get(step.interpolation)
+            "nearest": Image.Resampling.NEAREST,
+            "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS,
+        }.get(str(getattr(tv.interpolation, "value", "")))
         if method is None or len(size) not in (1, 2):
             return None
 
@@ -216,15 +216,15 @@ def _direct(step: object) -> Callable[[Image.Image], Image.Image] | None:
             return image if (new_w, new_h) == (w, h) else image.resize((new_w, new_h), method)
 
         return resize
-    if type(step) is CenterCrop:
-        padded: Callable[[Image.Image], Image.Image] = step
-        crop_h, crop_w = step.size
+    if kind == "torchvision.CenterCrop":
+        crop_h, crop_w = tv.size
 
         def center_crop(image: Image.Image) -> Image.Image:  # torchvision's F.center_crop
             w, h = image.size
             if crop_w > w or crop_h > h:
-                return padded(image)  # padding: torchvision's own way
-            top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+                padded: Image.Image = tv(image)  # padding: torchvision's own way
+                return padded
+            top, left = round((h - crop_h) / 2.0), round((w - crop_w) / 2.0)
             return image.crop((left, top, left + crop_w, top + crop_h))
 
         return center_crop
