@@ -9,7 +9,8 @@ itself can decode at 1/2, 1/4 or 1/8 of the size, skipping most of the inverse D
 and colour conversion; Pillow exposes that as ``Image.draft``. So on the CPU a JPEG is decoded
 at the smallest such scale that still leaves ``DRAFT_MARGIN`` times what the transform resizes
 to (the model's input, or timm's larger ``size / crop_pct`` before its crop), and the result goes
-through the transform's own resize and crop. With no reduction possible (an image under twice
+through the transform's own resize and crop (as the Pillow calls torchvision makes, see
+``_direct``). With no reduction possible (an image under twice
 that size), the pixels are exactly those of the model's reference preprocessing.
 
 Decoding, resizing and reading release the GIL, so ``threads`` workers run beside the model.
