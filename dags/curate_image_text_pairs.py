@@ -58,6 +58,8 @@ GPU_POOL = os.environ.get("CURATOR_GPU_POOL", "default_pool")
 MAX_GPU_TASKS = int(os.environ.get("CURATOR_MAX_GPU_TASKS", "8"))
 PARAM_DEFAULTS = json.loads(os.environ.get("CURATOR_PARAMS") or "{}")
 SHA256 = "^((sha256:)?[0-9A-Fa-f]{64})?$"  # a pin, or empty for the built-in pin table
+CPU = "^([0-9]+(\\.[0-9]+)?|[0-9]+m)?$"  # Kubernetes quantities: 8, 0.5, 500m
+MEMORY = "^([0-9]+(\\.[0-9]+)?([KMGT]i?)?)?$"  # 32Gi, 500M
 
 # Downstream training DAGs schedule on this; each event's extra has the output URI and counts.
 CURATED_ASSET = Asset(name="curated_image_text_pairs", uri=CURATED)
@@ -197,6 +199,31 @@ with DAG(
         "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
         "gpus": Param(1, type="integer", minimum=0, maximum=16, description="GPUs per pod"),
+        "spot": Param(
+            False,
+            type="boolean",
+            description="Kubernetes: run the annotate (GPU) pods on GKE spot nodes (their node "
+            "selector and toleration); a reclaimed node's pod is retried",
+        ),
+        "annotate_cpu": Param(
+            None,
+            type=["null", "string"],
+            pattern=CPU,
+            description="Kubernetes: CPU of an annotate pod (e.g. 12); empty: 4 decoding "
+            "threads per GPU + 1",
+        ),
+        "annotate_memory": Param(
+            None,
+            type=["null", "string"],
+            pattern=MEMORY,
+            description="Kubernetes: memory of an annotate pod (e.g. 32Gi); empty: sized from "
+            "the model, batch size and GPUs",
+        ),
+        "weights_cache_claim": _path(
+            "Weights cache PVC",
+            "Kubernetes: a PersistentVolumeClaim that annotate pods share as their weights "
+            "cache; empty: a fresh emptyDir per pod (weights downloaded once per pod)",
+        ),
         "dedup": Param(
             True,
             type="boolean",
@@ -235,6 +262,10 @@ with DAG(
     annotate = GpuAnnotateOperator.partial(
         task_id="annotate",
         gpus=_param("gpus"),
+        cpu=_param("annotate_cpu"),
+        memory=_param("annotate_memory"),
+        spot=_param("spot"),
+        weights_cache_claim=_param("weights_cache_claim"),
         pool=GPU_POOL,
         max_active_tis_per_dag=MAX_GPU_TASKS,
         options={

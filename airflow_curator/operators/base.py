@@ -25,6 +25,7 @@ from airflow.sdk import Asset, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 
+from airflow_curator.operators import pod as podspec
 from airflow_curator.operators.failure import TERMINATION_LOG, pod_failure, step_failure
 from airflow_curator.operators.local import LocalRunner, StepFailed
 from airflow_curator.runtime.argv import build_argv
@@ -73,7 +74,20 @@ class CuratorOperator(KubernetesPodOperator):
     :param gcp_conn_id: local mode: an Airflow Google Cloud connection whose key file the step
         uses for ``gs://`` (default: the worker's default credentials). Pods use their service
         account (workload identity) instead.
-    Every other argument is a ``KubernetesPodOperator`` argument, used in kubernetes mode.
+    :param cpu: kubernetes mode: the pod's CPU request and limit (``"8"``, ``"500m"``); empty:
+        sized from the step (``operators.pod.sizing``). Templated, like the next ones.
+    :param memory: the pod's memory request and limit (``"32Gi"``); empty: sized from the step.
+    :param scratch: size of the ``/scratch`` volume (``TMPDIR``), requested as ephemeral
+        storage; empty: from the group's bytes.
+    :param shm: size of the in-memory ``/dev/shm`` volume (annotate).
+    :param spot: run the pod on GKE spot nodes (their node selector and toleration).
+    :param weights_cache_claim: a PVC to mount as the weights cache (``/cache``) instead of an
+        ``emptyDir``, so pods share downloaded weights.
+    :param deferrable: kubernetes mode waits for the pod in the triggerer, holding no worker
+        slot (default on).
+    A ``container_resources``, ``security_context``, ``container_security_context`` or pod
+    template of the user wins over these defaults. Every other argument is a
+    ``KubernetesPodOperator`` argument, used in kubernetes mode.
     """
 
     step: ClassVar[str] = ""
@@ -92,6 +106,12 @@ class CuratorOperator(KubernetesPodOperator):
         "group",
         "execution",
         "gpus",
+        "cpu",
+        "memory",
+        "scratch",
+        "shm",
+        "spot",
+        "weights_cache_claim",
     )
     template_fields_renderers = {
         **KubernetesPodOperator.template_fields_renderers,
@@ -115,11 +135,19 @@ class CuratorOperator(KubernetesPodOperator):
         do_xcom_push: bool = True,
         startup_timeout_seconds: int | None = None,
         schedule_timeout_seconds: int | None = None,
+        cpu: str | int | float | None = None,
+        memory: str | None = None,
+        scratch: str | None = None,
+        shm: str | None = None,
+        spot: bool | str = False,
+        weights_cache_claim: str | None = None,
+        deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             image=image or default_image(),
             do_xcom_push=do_xcom_push,
+            deferrable=deferrable,
             startup_timeout_seconds=startup_timeout_seconds or self.startup_timeout_default,
             schedule_timeout_seconds=schedule_timeout_seconds or self.schedule_timeout_default,
             **kwargs,
@@ -137,6 +165,9 @@ class CuratorOperator(KubernetesPodOperator):
         self.execution = execution
         self.gpus = self.gpus_default if gpus is None else gpus
         self.gcp_conn_id = gcp_conn_id
+        self.cpu, self.memory, self.scratch, self.shm = cpu, memory, scratch, shm
+        self.spot = spot
+        self.weights_cache_claim = weights_cache_claim
         self._runner: LocalRunner | None = None
 
     # -- what to run ------------------------------------------------------------------------
@@ -191,8 +222,20 @@ class CuratorOperator(KubernetesPodOperator):
 
     # -- kubernetes -------------------------------------------------------------------------
 
+    def sizing(self) -> podspec.Sizing:
+        """What this step's pod requests: sized from the step and its work, then the user's."""
+        opts = self.step_options()
+        base = podspec.sizing(self.step, gpus=self.gpu_count(), group=self.group, options=opts)
+        try:
+            return podspec.override(
+                base, cpu=self.cpu, memory=self.memory, scratch=self.scratch, shm=self.shm
+            )
+        except ValueError as e:
+            raise AirflowFailException(f"{self.task_id}: {e}") from None
+
     def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
-        """The KubernetesPodOperator pod plus our argv, GPU limit, tolerations and labels.
+        """The KubernetesPodOperator pod plus our argv, GPU limit, tolerations and labels, the
+        step's resources, volumes and security context (``operators.pod``).
 
         Idempotent: every call renders the same pod from the operator's fields (the base class
         extends ``env_vars`` in place, so it is restored here)."""
@@ -229,6 +272,13 @@ class CuratorOperator(KubernetesPodOperator):
                     k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
                 )
             pod.spec.tolerations = tolerations
+        size = self.sizing()
+        podspec.apply_resources(container, size)
+        podspec.apply_volumes(pod, container, size, self.weights_cache_claim or None)
+        podspec.apply_security(pod, container)
+        podspec.apply_sidecar(pod)
+        if template_flag("spot", self.spot):
+            podspec.apply_spot(pod)
         pod.metadata.labels = {
             **(pod.metadata.labels or {}),
             STEP_LABEL: self.step,

@@ -270,6 +270,8 @@ def test_params_validate_form_input():
         ("filter_column", "drop table"),
         ("weights_sha256", "abc"),
         ("require", ["drop table"]),
+        ("annotate_cpu", "8 cores"),
+        ("annotate_memory", "32 GB"),
     ):
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)
@@ -277,6 +279,8 @@ def test_params_validate_form_input():
     assert params.get_param("execution").resolve(None) is None
     assert params.get_param("weights_sha256").resolve("ab" * 32) == "ab" * 32
     assert params.get_param("gpus").resolve(2) == 2
+    assert params.get_param("annotate_cpu").resolve("500m") == "500m"
+    assert params.get_param("annotate_memory").resolve("32Gi") == "32Gi"
     assert params.get_param("require").resolve(["labelled"]) == ["labelled"]
 
 
@@ -289,7 +293,8 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
     dag = load_dag_module().dag
     params = {k: dag.params[k] for k in dag.params}
     params.update(execution="kubernetes", model="ViT-B-32", gpus=2, min_clip_score=0.3)
-    params.update(weights_sha256="ab" * 32)
+    params.update(weights_sha256="ab" * 32, spot=True, annotate_memory="40Gi")
+    params.update(weights_cache_claim="clip-cache")
     groups = (
         {"shards": "0-3", "label": "00000-00003"},
         {"outputs": "0", "label": "00000"},
@@ -311,6 +316,11 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
         args = pod["spec"]["containers"][0]["args"]
         assert args[-2:] == ["--result-json", XCOM_RESULT]
         steps[args[0]] = (args, pod["spec"]["containers"][0].get("resources") or {})
+        spot = pod["spec"].get("nodeSelector", {}).get("cloud.google.com/gke-spot")
+        assert spot == ("true" if args[0] == "annotate" else None), args[0]  # the spot param
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
+                  if "persistentVolumeClaim" in v]  # fmt: skip
+        assert claims == (["clip-cache"] if args[0] == "annotate" else []), args[0]
     assert set(steps) == {
         "discover",
         "index",
@@ -328,6 +338,8 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
     }
     annotate, resources = steps["annotate"]
     assert resources["limits"][GPU_RESOURCE] == "2"
+    assert resources["limits"]["memory"] == resources["requests"]["memory"] == "40Gi"
+    assert resources["limits"]["cpu"] == "9"  # annotate_cpu empty: 4 decoding threads/GPU + 1
     assert annotate[annotate.index("--dataset") + 1] == params["drops"] + "/2026-03-01"
     assert annotate[annotate.index("--shards") + 1] == "0-3"
     assert "--weights" not in annotate  # an empty form field: the model's pinned weights

@@ -116,15 +116,20 @@ def kmeans(x: Matrix, k: int, iterations: int = 20, seed: int = 0, device: str =
     return centroids
 
 
-def sample_embeddings(files: list[store.ShardFile], size: int, seed: int) -> Matrix:
+def file_rows(files: list[store.ShardFile]) -> dict[int, int]:
+    """Rows of each annotation file (its footer), by shard number."""
+    return {number: parquet.num_rows(url, shard) for number, shard, url in files}
+
+
+def sample_embeddings(
+    files: list[store.ShardFile], size: int, seed: int, rows: dict[int, int] | None = None
+) -> Matrix:
     """Up to ``size`` non-null embeddings, drawn evenly from a seeded random subset of the
     annotation files holding about ``OVERSAMPLE * size`` rows; one file in memory at a time."""
     import numpy as np
     import pyarrow.compute as pc
 
-    rows = {}
-    for number, shard, url in files:
-        rows[number] = parquet.num_rows(url, shard)
+    rows = file_rows(files) if rows is None else rows
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files))
     chosen, total = [], 0
@@ -211,7 +216,8 @@ def fit_centroids(
     stats = Stats()
     files = store.annotation_files(output, annotations)
     device = pick_device(device)
-    x = sample_embeddings(files, sample, seed)
+    rows = file_rows(files)
+    x = sample_embeddings(files, sample, seed, rows)
     k = min(n_clusters, len(x))
     if k < n_clusters:
         logger.warning(
@@ -235,5 +241,5 @@ def fit_centroids(
         dim=cent.dim,
         sample=len(x),
         digest=cent.digest,
-        groups=cent.parts.groups(),
+        groups=cent.parts.groups(records=sum(rows.values())),
     )

@@ -173,12 +173,16 @@ class Parts:
                 )
         return parts
 
-    def groups(self) -> list[dict[str, Any]]:
-        """One value per part, for ``.expand`` over the dedup step."""
+    def groups(self, records: int | None = None) -> list[dict[str, Any]]:
+        """One value per part, for ``.expand`` over the dedup step; with the dataset's
+        ``records``, each carries its share (what its pod's memory is sized from)."""
         out = []
         for p in range(self.count):
             r = self.clusters(p)
-            out.append(group_value("clusters", r, part_name(r.start), part_name(r.stop - 1)))
+            extra = {} if records is None else {"records": -(-records * len(r) // self.n_clusters)}
+            out.append(
+                group_value("clusters", r, part_name(r.start), part_name(r.stop - 1), **extra)
+            )
         return out
 
 

@@ -57,6 +57,8 @@ def test_fit_writes_centroids_and_groups_same_bytes_on_rerun(tmp_path):
     assert r["n_clusters"] == 10 and r["sample"] <= 100
     assert [g["clusters"] for g in r["groups"]] == ["0-2", "3-5", "6-9"]
     assert sum(g["count"] for g in r["groups"]) == 10
+    # each cluster group's share of the 180 records: what its dedup pod's memory is sized from
+    assert [g["records"] for g in r["groups"]] == [54, 54, 72]
     cent = load_centroids(out)
     assert cent.vectors.shape == (10, 32) and cent.parts == Parts(10, 3)
     fit_centroids(out, n_clusters=10, parts=3, sample=100, seed=1, device="cpu")
