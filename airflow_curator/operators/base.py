@@ -12,6 +12,7 @@ step and where its inputs and outputs live in the job layout; nothing else.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -272,9 +273,11 @@ class CuratorOperator(KubernetesPodOperator):
                     k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
                 )
             pod.spec.tolerations = tolerations
-        size = self.sizing()
+        size, claim = self.sizing(), self.weights_cache_claim or None
+        if claim and size.cache:  # the cache is on the PVC, not the node's disk
+            size = dataclasses.replace(size, cache=0)
         podspec.apply_resources(container, size)
-        podspec.apply_volumes(pod, container, size, self.weights_cache_claim or None)
+        podspec.apply_volumes(pod, container, size, claim)
         podspec.apply_security(pod, container)
         podspec.apply_sidecar(pod)
         if template_flag("spot", self.spot):
