@@ -10,6 +10,7 @@ same ``resolve`` + ``read_state_dict`` path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -24,6 +25,9 @@ from airflow_curator.core.io import storage
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "CURATOR_WEIGHTS_CACHE"
+# Weights baked into the image (read-only in a pod): looked up before the writable cache.
+BAKED_ENV = "CURATOR_WEIGHTS_BAKED"
+HTTP = ("http://", "https://")
 HUB_PREFIX = "hf-hub:"
 ZIP_PREFIX = "zip://"
 
@@ -111,12 +115,11 @@ def fetch(uri: str) -> str:
         if not os.path.isfile(path):
             raise WeightsError(f"weights {uri}: no such file")
         return path
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local = os.path.join(cache_dir(), key, posixpath.basename(uri.rstrip("/")) or "weights")
+    local = cached_path(uri, posixpath.basename(uri.rstrip("/")) or "weights")
     if not os.path.exists(local):
         logger.info("downloading weights %s to %s", uri, local)
         try:
-            storage.copy_file(uri, local)
+            _download(uri, local)
         except FileNotFoundError:
             raise WeightsError(f"weights {uri}: not found or not reachable") from None
         except Exception as e:  # fsspec backends raise their own types (aiohttp, gcsfs, ...)
@@ -127,6 +130,37 @@ def fetch(uri: str) -> str:
     return local
 
 
+def cached_path(uri: str, name: str) -> str:
+    """Where ``uri``'s file is kept: the image's baked copy if there is one, else the cache."""
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    baked = os.environ.get(BAKED_ENV)
+    if baked and os.path.exists(os.path.join(baked, key, name)):
+        return os.path.join(baked, key, name)
+    return os.path.join(cache_dir(), key, name)
+
+
+def _download(uri: str, local: str) -> None:
+    """Copy ``uri`` to ``local`` atomically; a failed download leaves no folder behind.
+
+    HTTP(S) is one streaming GET: a whole file gains nothing from ranged reads, and a server
+    that ignores ``Range`` answers them with the whole body (fsspec's ranged read then fails,
+    or returns the wrong bytes)."""
+    folder = os.path.dirname(local)
+    made = not os.path.isdir(folder)
+    try:
+        if uri.startswith(HTTP):
+            fs, path = storage.fs_and_path(uri)
+            with storage.atomic_writer(local) as f:
+                fs.get_file(path, f)
+        else:
+            storage.copy_file(uri, local)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # not empty: another process's download
+                os.rmdir(folder)
+        raise
+
+
 def _zip_member(uri: str) -> str:
     """Extract ``MEMBER`` of ``zip://MEMBER::ZIP_URL`` into the cache (atomically), once."""
     import zipfile
@@ -134,8 +168,7 @@ def _zip_member(uri: str) -> str:
     member, _, outer = uri[len(ZIP_PREFIX) :].partition("::")
     if not member or not outer:
         raise WeightsError(f"weights {uri}: expected {ZIP_PREFIX}MEMBER::ZIP_URL")
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local = os.path.join(cache_dir(), key, posixpath.basename(member))
+    local = cached_path(uri, posixpath.basename(member))
     if os.path.exists(local):
         return local
     archive = fetch(outer)

@@ -142,24 +142,10 @@ def laion_zip(tmp_path):
 @pytest.fixture
 def http_server(laion_zip):
     """A file server on 127.0.0.1 (a free port), counting the requests it answers."""
-    import functools
-    import http.server
-    import threading
+    from airflow_curator.testing.http import serve_folder
 
-    hits: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            hits.append(self.path)
-
-    handler = functools.partial(Handler, directory=str(laion_zip[2]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_folder(str(laion_zip[2])) as server:
+        yield server.url, server.requests
 
 
 def test_nsfw_default_is_nemos_file_inside_laions_zip():
@@ -212,3 +198,46 @@ def test_zip_member_errors_are_clear(tmp_path, monkeypatch, laion_zip):
         resolve(f"zip://x.pth::{not_zip}")
     with pytest.raises(WeightsError, match="expected zip://MEMBER::ZIP_URL"):
         resolve("zip://x.pth")
+
+
+def test_http_weights_without_range_support_are_one_streaming_get(tmp_path, monkeypatch):
+    """A mirror that ignores ``Range`` (answers 200 with the whole file): fsspec's ranged reads
+    fail there ("doesn't appear to support range requests") once a file is larger than a
+    block. One streaming GET fetches it whole; a failed download leaves no cache folder."""
+    import os
+
+    from airflow_curator.testing.http import serve_folder
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(weights.CACHE_ENV, str(cache))
+    served = tmp_path / "mirror"
+    served.mkdir()
+    data = os.urandom(33 << 20) + b"tail"  # larger than any read block
+    (served / "big.pt").write_bytes(data)
+    with serve_folder(str(served)) as server:
+        got = resolve(f"{server.url}/big.pt", hashlib.sha256(data).hexdigest())
+        assert Path(got.path).read_bytes() == data
+        assert server.requests == ["GET /big.pt"]  # one request, no ranges, no HEAD
+        assert resolve(f"{server.url}/big.pt").path == got.path  # cached: nothing fetched
+        assert server.requests == ["GET /big.pt"]
+        before = sorted(p.name for p in cache.iterdir())
+        with pytest.raises(WeightsError, match="not found or not reachable"):
+            resolve(f"{server.url}/missing.pt")
+    assert sorted(p.name for p in cache.iterdir()) == before  # no empty folder left
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_weights_baked_into_the_image_are_read_from_there(tmp_path, monkeypatch):
+    """The image bakes weights in a read-only folder; the pod's writable cache is a volume
+    mounted elsewhere, so a baked file is found without a download and without writing."""
+    import fsspec
+
+    url = "memory://bucket/models/baked.pth"
+    fsspec.filesystem("memory").pipe(url.removeprefix("memory:/"), b"baked")
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "bake"))
+    baked = resolve(url).path  # what the image build does, into its baked folder
+    fsspec.filesystem("memory").rm(url.removeprefix("memory:/"))  # not reachable any more
+    monkeypatch.setenv(weights.BAKED_ENV, str(tmp_path / "bake"))
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "volume"))
+    assert resolve(url).path == baked
+    assert not (tmp_path / "volume").exists() or not any((tmp_path / "volume").iterdir())
