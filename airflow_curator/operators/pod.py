@@ -164,13 +164,18 @@ def quantity(n: int) -> str:
     return str(n)
 
 
+def cores(cpu: Decimal) -> str:
+    """CPU as Kubernetes writes it: ``5``, ``500m``."""
+    return str(int(cpu)) if cpu == int(cpu) else f"{math.ceil(cpu * 1000)}m"
+
+
 def apply_resources(container: k8s.V1Container, size: Sizing) -> None:
     """CPU and memory requests equal to limits (Guaranteed), ephemeral storage requested for
     the disk volumes; a resource the user set (request or limit) is left as they set it."""
     res = container.resources or k8s.V1ResourceRequirements()
     requests, limits = dict(res.requests or {}), dict(res.limits or {})
     user = set(requests) | set(limits)
-    for name, value in (("cpu", str(size.cpu)), ("memory", quantity(size.memory))):
+    for name, value in (("cpu", cores(size.cpu)), ("memory", quantity(size.memory))):
         if name not in user:
             requests[name] = limits[name] = value
     if "ephemeral-storage" not in user:
