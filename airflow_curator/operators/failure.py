@@ -49,7 +49,7 @@ def container_exit(pod: Any, container: str) -> tuple[int | None, str | None]:
 
 # Pod status reasons of a pod the cluster stopped: eviction (node pressure, the eviction API),
 # graceful node shutdown (a spot or preemptible node reclaimed), a lost node.
-DISRUPTED_REASONS = frozenset({"Evicted", "Preempting", "Shutdown", "NodeShutdown", "Terminated"})
+DISRUPTED_REASONS = frozenset({"Evicted", "Shutdown", "NodeShutdown", "Terminated", "NodeLost"})
 DISRUPTION_CONDITION = "DisruptionTarget"  # Kubernetes 1.26+: why the pod is being stopped
 
 
