@@ -15,6 +15,7 @@ SIZES = "sizes.json"  # records per output tar, for open_clip's loader, written 
 REPORT_NAME = "report.html"
 RUN_NAME = "run.json"  # the DAG's run record (params, step results) the report draws from
 PLAN_NAME = "reshard-plan.json"
+CLIP_THRESHOLD = "clip-threshold.json"  # the run's top-fraction CLIP-score threshold
 MARKERS = "reshard"  # O/_work/reshard/NNNNN.json: one per written output shard
 
 
@@ -56,3 +57,8 @@ def dedup_result_url(output: str) -> str:
 
 def run_url(output: str) -> str:
     return join(output, WORK, RUN_NAME)
+
+
+def clip_threshold_url(output: str) -> str:
+    """The clip-threshold step's result, which save-metadata applies."""
+    return join(output, WORK, CLIP_THRESHOLD)

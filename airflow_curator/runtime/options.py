@@ -72,14 +72,58 @@ def groups(p: Parser, what: str) -> None:
     )
 
 
+def _languages(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+# (flag, type, metavar, rule): the curation filters of ``core.dataset.thresholds``
+FILTERS: tuple[tuple[str, Any, str, str], ...] = (
+    ("--min-aesthetic", float, "X", "aesthetic_score >= X"),
+    ("--max-nsfw", float, "X", "nsfw_score <= X"),
+    ("--min-clip-score", float, "X", "clip_score >= X"),
+    (
+        "--clip-score-top-fraction",
+        float,
+        "F",
+        "clip_score is in the run's top fraction F (the clip-threshold step's exact threshold; "
+        "ties at it pass)",
+    ),
+    ("--min-image-side", int, "N", "the decoded image's smaller side >= N px"),
+    ("--max-aspect-ratio", float, "X", "longer side / shorter side <= X"),
+    ("--min-caption-words", int, "N", "caption_words >= N"),
+    ("--min-caption-chars", int, "N", "caption_chars >= N"),
+    (
+        "--caption-languages",
+        _languages,
+        "LANGS",
+        "caption_language (fastText lid.176) is one of LANGS, comma separated (en,de)",
+    ),
+    ("--min-language-score", float, "X", "caption_language_score >= X"),
+)
+
+
 def thresholds(p: Parser, template: str) -> None:
-    """The curation thresholds; ``template`` says what the step does with ``{rule}``."""
-    for flag, rule in (
-        ("--min-aesthetic", "aesthetic_score >= X"),
-        ("--max-nsfw", "nsfw_score <= X"),
-        ("--min-clip-score", "clip_score >= X"),
-    ):
-        p.add_argument(flag, type=float, metavar="X", help=template.format(rule=rule))
+    """The curation filters and their preset; ``template`` says what the step does with
+    ``{rule}``. A record with an error, or a null value a filter needs, never passes."""
+    from airflow_curator.core.dataset.thresholds import PRESETS
+
+    for flag, kind, metavar, rule in FILTERS:
+        p.add_argument(flag, type=kind, metavar=metavar, help=template.format(rule=rule))
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a filter recipe; the flags given override its values. datacomp-basic: "
+        "DataComp's basic filtering (caption language en, >= 3 words, >= 6 characters, "
+        "smaller side >= 200 px, aspect ratio <= 3)",
+    )
+
+
+def threshold_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter values ``thresholds`` parsed, by ``Thresholds`` field name (None: not given)."""
+    return {
+        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+        for flag, *_ in FILTERS
+    }
 
 
 def reshard_plan(p: Parser) -> None:

@@ -2,9 +2,9 @@
 
 Every record must have exactly one annotation and every annotation a record; anything else is an
 error naming the shard and the ids (NeMo Curator 0.x matched them by sorted position). Optional
-thresholds write a boolean filter column for ``plan-reshard``; they are typed numbers, never
-evaluated strings. The Parquet is written deterministically (explicit schema, zstd, one row group),
-so a rerun writes the same bytes, and replaced in place by rename when no ``path`` is given.
+thresholds (``core.dataset.thresholds``) write a boolean filter column for ``plan-reshard``.
+The Parquet is written deterministically (explicit schema, zstd, one row group), so a rerun
+writes the same bytes, and replaced in place by rename when no ``path`` is given.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.dataset.discovery import Shard, discover
 from airflow_curator.core.dataset.metadata import check_ids
+from airflow_curator.core.dataset.thresholds import Funnel, Thresholds, add_funnels, funnel
 from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
@@ -27,61 +27,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ERROR_COLUMN = "error"
 META_KEY = b"airflow_curator.save_metadata"  # the filter column save-metadata wrote, and how
 INPUT_SUFFIX = "_input"  # the input's own filter column, kept beside the one written
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Curation thresholds; a record passes when every given one holds and it has no error."""
-
-    min_aesthetic: float | None = None
-    max_nsfw: float | None = None
-    min_clip_score: float | None = None
-    require: tuple[str, ...] = ()  # boolean columns that must be true (e.g. dedup's is_unique)
-
-    def rules(self) -> list[tuple[str, str, float]]:
-        rules = [
-            ("aesthetic_score", "greater_equal", self.min_aesthetic),
-            ("nsfw_score", "less_equal", self.max_nsfw),
-            ("clip_score", "greater_equal", self.min_clip_score),
-        ]
-        return [(c, op, v) for c, op, v in rules if v is not None]
-
-    def any(self) -> bool:
-        return bool(self.rules() or self.require)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "min_aesthetic": self.min_aesthetic,
-            "max_nsfw": self.max_nsfw,
-            "min_clip_score": self.min_clip_score,
-            "require": list(self.require),
-        }
-
-    def mask(self, table: pa.Table, shard: str) -> pa.Array:
-        """Boolean array: null scores and records with an error never pass."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        mask = pa.array([True] * table.num_rows, pa.bool_())
-        for column, op, value in self.rules():
-            if column not in table.column_names:
-                raise ShardError(shard, f"no {column!r} column to apply a threshold to")
-            cond = getattr(pc, op)(table.column(column), pa.scalar(value, pa.float64()))
-            mask = pc.and_(mask, pc.fill_null(cond, False))
-        for column in self.require:
-            if column not in table.column_names:
-                raise ShardError(shard, f"no {column!r} column to require")
-            values = table.column(column)
-            if not pa.types.is_boolean(values.type):
-                raise ShardError(shard, f"required column {column!r} is {values.type}, not bool")
-            mask = pc.and_(mask, pc.fill_null(values, False))
-        if ERROR_COLUMN in table.column_names:
-            mask = pc.and_(mask, pc.is_null(table.column(ERROR_COLUMN)))
-        mask = pc.fill_null(mask, False)
-        return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
 
 
 def join_annotations(base: pa.Table, annotations: pa.Table, id_col: str, shard: str) -> pa.Table:
@@ -125,6 +72,7 @@ def merge_shard(
     columns: list[str] | None = None,
     thresholds: Thresholds = Thresholds(),
     filter_column: str = "passes_curation",
+    counts: Funnel | None = None,
 ) -> pa.Table:
     """The shard's merged metadata table: join, filter column, column subset.
 
@@ -132,7 +80,8 @@ def merge_shard(
     labels) is never replaced: it is kept as ``<filter_column>_input`` and ANDed with the
     thresholds. One that save-metadata wrote (marked in the Parquet's metadata) is recomputed,
     so a pass with looser thresholds does not inherit an earlier pass's cuts. The table's
-    schema metadata says what was done (``filter_marker``)."""
+    schema metadata says what was done (``filter_marker``). ``counts`` receives the funnel:
+    what each filter removed, alone and in sequence."""
     if id_col not in base.column_names:
         raise ShardError(shard, f"metadata has no id column {id_col!r}")
     sources = (
@@ -153,7 +102,10 @@ def merge_shard(
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        mask = thresholds.mask(table, shard)
+        conditions = thresholds.conditions(table, shard)
+        mask = pa.array([True] * table.num_rows, pa.bool_())
+        for _, cond in conditions:
+            mask = pc.and_(mask, cond)
         own = earlier.get("column") == filter_column
         input_column = earlier.get("input_column") if own else None
         if not own and filter_column in table.column_names:
@@ -172,6 +124,9 @@ def merge_shard(
                     f"{values.type}, not bool: choose another --filter-column"
                 )
             mask = pc.and_(mask, pc.fill_null(values, False))
+            conditions.append((input_column, pc.fill_null(values, False)))
+        if counts is not None:
+            counts.update(funnel(conditions))
         if filter_column in table.column_names:
             table = table.drop_columns([filter_column])
         table = table.append_column(filter_column, mask)
@@ -207,14 +162,17 @@ def save_metadata(
     filter_column: str = "passes_curation",
     shards: str | None = None,
     workers: int = 8,
+    clip_threshold: str | None = None,
 ) -> Result:
     """Merge and write each selected shard's metadata to ``path`` (default: in place).
 
     ``annotations`` is one folder of ``NNNNN.parquet`` or several, joined in turn. A shard whose
-    merged bytes equal what is there already is not rewritten, so a rerun changes nothing."""
+    merged bytes equal what is there already is not rewritten, so a rerun changes nothing.
+    ``clip_threshold``: the clip-threshold step's file, for ``clip_score_top_fraction``."""
     import pyarrow.compute as pc
 
     stats = Stats()
+    thresholds = thresholds.resolve_top(clip_threshold)
     manifest = discover(dataset, count_records=False)
     selected = manifest.select(shards)
     if path is not None:
@@ -230,9 +188,10 @@ def save_metadata(
                 raise ShardError(s.stem, f"annotations {ann_url} do not exist")
             anns.append(parquet.read_table(ann_url, s.stem))
         ann = anns if anns else None
+        counts: Funnel = {}
         table = merge_shard(
             base, ann, id_col=id_col, shard=s.stem, columns=columns,
-            thresholds=thresholds, filter_column=filter_column,
+            thresholds=thresholds, filter_column=filter_column, counts=counts,
         )  # fmt: skip
         dest = storage.join(path, f"{s.stem}.parquet") if path is not None else s.parquet
         parquet.write_table(dest, table, metadata=table.schema.metadata)
@@ -247,6 +206,7 @@ def save_metadata(
             "passed": passed,
             "columns": table.column_names,
             "input_column": filter_marker(table.schema).get("input_column"),
+            "funnel": counts,
         }
 
     progress = Progress("save-metadata", len(selected), logger=logger)
@@ -263,6 +223,9 @@ def save_metadata(
             len(anded), filter_column, filter_column + INPUT_SUFFIX,
         )  # fmt: skip
     input_filter = {"column": filter_column + INPUT_SUFFIX, "shards": len(anded)}
+    removed: Funnel = {}
+    for r in results:
+        add_funnels(removed, r["funnel"])
     return stats.result(
         dataset=dataset,
         path=path or dataset,
@@ -272,6 +235,9 @@ def save_metadata(
         passed=sum(passed) if passed else None,
         # shards whose metadata brought its own filter column, ANDed with the thresholds
         input_filter=input_filter if anded else None,
+        thresholds=thresholds.as_dict() if thresholds.any() else None,
+        # records each filter removed alone and in sequence ("error": failed records)
+        funnel=removed or None,
         columns=results[0]["columns"] if results else [],
         per_shard=[
             {"shard": r["shard"], "records": r["records"], "passed": r["passed"]} for r in results

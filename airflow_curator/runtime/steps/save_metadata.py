@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", help="keep only these columns, comma separated (id always kept)")
     options.id_col(p)
     options.thresholds(p, "pass if {rule}")
+    p.add_argument(
+        "--clip-threshold",
+        help="the clip-threshold step's file, for --clip-score-top-fraction "
+        "(the DAG's: OUTPUT/_work/clip-threshold.json)",
+    )
     options.filter_column(p, "name of the boolean filter column")
     p.add_argument(
         "--require",
@@ -49,9 +54,10 @@ def run(args: argparse.Namespace) -> Result:
         path=args.path,
         columns=columns,
         id_col=args.id_col,
-        thresholds=Thresholds(
-            args.min_aesthetic, args.max_nsfw, args.min_clip_score, tuple(args.require)
+        thresholds=Thresholds.build(
+            args.preset, require=args.require, **options.threshold_values(args)
         ),
+        clip_threshold=args.clip_threshold,
         filter_column=args.filter_column,
         shards=args.shards,
         workers=args.workers,
