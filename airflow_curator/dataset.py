@@ -111,14 +111,27 @@ class ImageTextPairDataset:
         min_clip_score: float | None = None,
         require: tuple[str, ...] = (),
         filter_column: str = "passes_curation",
+        min_image_side: int | None = None,
+        max_aspect_ratio: float | None = None,
+        min_caption_words: int | None = None,
+        min_caption_chars: int | None = None,
+        caption_languages: tuple[str, ...] | list[str] | str = (),
+        min_language_score: float | None = None,
+        clip_score_top_fraction: float | None = None,
+        preset: str | None = None,
     ) -> dict[str, Any]:
         """Compute the metadata (each shard decoded at most once) and write one Parquet per shard
         to ``path`` (default: replace the dataset's own, atomically): exactly the metadata's
         columns, or exactly ``columns``. Thresholds (and ``require``: boolean columns such as
-        ``is_unique``) add ``filter_column``; records with an error or a null score fail them."""
+        ``is_unique``) add ``filter_column``; records with an error or a null value a filter
+        needs fail them. The filters are the command line's (``--min-image-side`` is
+        ``min_image_side=``, ``--preset datacomp-basic`` is ``preset="datacomp-basic"``, whose
+        values the keywords given override). ``clip_score_top_fraction`` is the exact
+        threshold over the whole dataset: computed from the saved files' ``clip_score`` once
+        they are written, then ANDed into their filter column."""
         import dask
 
-        from airflow_curator.savers import save_partition
+        from airflow_curator.savers import apply_top_fraction, save_partition
 
         t0 = time.perf_counter()
         in_place = path is None or path.rstrip("/") == self.path.rstrip("/")
@@ -129,7 +142,24 @@ class ImageTextPairDataset:
                 f"columns must include the id column {self.id_col!r} to replace the dataset's "
                 "own metadata (without it the shards could not be read again)"
             )
-        thresholds = Thresholds(min_aesthetic, max_nsfw, min_clip_score, tuple(require))
+        if isinstance(caption_languages, str):
+            caption_languages = tuple(c.strip() for c in caption_languages.split(",") if c.strip())
+        thresholds = Thresholds.build(
+            preset,
+            min_aesthetic=min_aesthetic,
+            max_nsfw=max_nsfw,
+            min_clip_score=min_clip_score,
+            require=tuple(require),
+            min_image_side=min_image_side,
+            max_aspect_ratio=max_aspect_ratio,
+            min_caption_words=min_caption_words,
+            min_caption_chars=min_caption_chars,
+            caption_languages=tuple(caption_languages),
+            min_language_score=min_language_score,
+        )
+        top = None  # checked now, applied once every shard is saved
+        if clip_score_top_fraction is not None:
+            top = Thresholds(clip_score_top_fraction=clip_score_top_fraction)
         shards = self.partition_shards()
         storage.makedirs(dest)
         tasks = [
@@ -145,6 +175,11 @@ class ImageTextPairDataset:
             for part, shard in zip(frame.to_delayed() if shards else [], shards, strict=True)
         ]
         results = list(dask.compute(*tasks))
+        found = None
+        if top is not None:
+            found = apply_top_fraction(
+                shards, dest, results, top, filter_column, with_filter=thresholds.any()
+            )
         if in_place:  # the metadata is now what was saved: read it, do not recompute it
             fresh = type(self).from_webdataset(self.path, self.id_col)
             self.metadata, self._manifest, self._rows = fresh.metadata, fresh._manifest, fresh._rows
@@ -154,8 +189,9 @@ class ImageTextPairDataset:
             "path": dest,
             "shards": len(results),
             "records": sum(r["records"] for r in results),
-            "filter_column": filter_column if thresholds.any() else None,
+            "filter_column": filter_column if thresholds.any() or top else None,
             "passed": sum(passed) if passed else None,
+            "clip_threshold": found,
             "columns": results[0]["columns"] if results else [],
             "seconds": round(time.perf_counter() - t0, 3),
             "per_shard": results,

@@ -93,3 +93,37 @@ def write_filter(frame: Any, shard: Shard, folder: str, id_col: str, filter_colu
     merged = join_annotations(base, flags, id_col, shard.stem)
     parquet.write_table(storage.join(folder, f"{shard.stem}.parquet"), merged)
     return len(kept)
+
+
+def apply_top_fraction(
+    shards: list[Shard],
+    folder: str,
+    results: list[dict[str, Any]],
+    top: Thresholds,
+    filter_column: str,
+    *,
+    with_filter: bool,
+) -> dict[str, Any]:
+    """AND the dataset-wide top-fraction CLIP-score filter into the saved shards (``results``'
+    counts updated): the clip-threshold step's exact selection over the saved ``clip_score``
+    columns, then each shard rewritten once. Returns the threshold's figures."""
+    import dataclasses
+
+    import pyarrow.compute as pc
+
+    from airflow_curator.core.dataset.clip_threshold import read_scores, top_threshold
+
+    files = [(s.stem, storage.join(folder, f"{s.stem}.parquet")) for s in shards]
+    found = top_threshold(lambda: read_scores(files), top.clip_score_top_fraction or 1.0)
+    resolved = dataclasses.replace(top, clip_score_top_threshold=found.threshold)
+    for (stem, url), result in zip(files, results, strict=True):
+        table = parquet.read_table(url, stem)
+        mask = resolved.mask(table, stem)
+        if with_filter and filter_column in table.column_names:
+            mask = pc.and_(mask, pc.fill_null(table.column(filter_column), False))
+        if filter_column in table.column_names:
+            table = table.drop_columns([filter_column])
+        table = table.append_column(filter_column, mask)
+        parquet.write_table(url, table)
+        result["passed"] = int(pc.sum(mask).as_py() or 0)
+    return dataclasses.asdict(found)

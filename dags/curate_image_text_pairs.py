@@ -3,6 +3,7 @@
 discover -> index[group] -> annotate[group]
          -> dedup_fit -> dedup_assign/dedup_hash[group] -> dedup[cluster group]
          -> dedup_result[group] (the ``dedup`` param; skipped when off)
+         -> clip_threshold (the ``clip_score_top_fraction`` param; skipped when empty)
          -> save_metadata[group] -> plan_reshard
          -> reshard[output group] -> commit (emits the ``curated_image_text_pairs`` asset event)
          -> report (``<output>/report.html``)
@@ -35,7 +36,9 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param
 from airflow.sdk.definitions.param import ParamsDict
 
+from airflow_curator.core.dataset.thresholds import PRESETS
 from airflow_curator.operators import (
+    ClipThresholdOperator,
     CommitOperator,
     CurationReportOperator,
     DedupAssignOperator,
@@ -60,6 +63,17 @@ PARAM_DEFAULTS = json.loads(os.environ.get("CURATOR_PARAMS") or "{}")
 SHA256 = "^((sha256:)?[0-9A-Fa-f]{64})?$"  # a pin, or empty for the built-in pin table
 CPU = "^([0-9]+(\\.[0-9]+)?|[0-9]+m)?$"  # Kubernetes quantities: 8, 0.5, 500m
 MEMORY = "^([0-9]+(\\.[0-9]+)?([KMGT]i?)?)?$"  # 32Gi, 500M
+# save-metadata's filters beyond the score thresholds (core.dataset.thresholds)
+FILTER_PARAMS = (
+    "clip_score_top_fraction",
+    "preset",
+    "min_image_side",
+    "max_aspect_ratio",
+    "min_caption_words",
+    "min_caption_chars",
+    "caption_languages",
+    "min_language_score",
+)
 
 # Downstream training DAGs schedule on this; each event's extra has the output URI and counts.
 CURATED_ASSET = Asset(name="curated_image_text_pairs", uri=CURATED)
@@ -174,6 +188,55 @@ with DAG(
             minimum=-1,
             maximum=1,
             description="Keep if >= (cosine)",
+        ),
+        "clip_score_top_fraction": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Keep the run's top fraction by CLIP score (DataComp's baseline: 0.3); "
+            "the exact threshold over every shard, ties at it kept",
+        ),
+        "preset": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *sorted(PRESETS)],
+            values_display={"null": "none", "datacomp-basic": "DataComp basic filtering"},
+            description="A filter recipe; the filter params given override its values. "
+            "datacomp-basic: English captions (fastText), >= 3 words and >= 6 characters, "
+            "smaller image side >= 200 px, aspect ratio <= 3",
+        ),
+        "min_image_side": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="Keep if the decoded image's smaller side >= (px)",
+        ),
+        "max_aspect_ratio": Param(
+            None,
+            type=["null", "number"],
+            minimum=1,
+            description="Keep if longer side / shorter side <=",
+        ),
+        "min_caption_words": Param(
+            None, type=["null", "integer"], minimum=0, description="Keep if caption words >="
+        ),
+        "min_caption_chars": Param(
+            None, type=["null", "integer"], minimum=0, description="Keep if caption characters >="
+        ),
+        "caption_languages": Param(
+            None,
+            type=["null", "string"],
+            pattern="^([a-z]{2,3}(,[a-z]{2,3})*)?$",
+            description="Keep if the caption's language (fastText lid.176) is one of these, "
+            "comma separated: en,de",
+        ),
+        "min_language_score": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            description="Keep if the language ID's confidence >= (0-1)",
         ),
         "require": Param(
             [],
@@ -309,6 +372,12 @@ with DAG(
         task_id="dedup_result", enabled=dedup_on, **COMMON
     ).expand(group=groups)
 
+    clip_threshold = ClipThresholdOperator(
+        task_id="clip_threshold",
+        options={"clip_score_top_fraction": _param("clip_score_top_fraction")},
+        **COMMON,
+    )
+
     save_metadata = SaveMetadataOperator.partial(
         task_id="save_metadata",
         dedup=dedup_on,
@@ -316,7 +385,13 @@ with DAG(
         trigger_rule="none_failed",  # runs when the dedup stage was skipped
         options={
             name: _param(name)
-            for name in ("min_aesthetic", "max_nsfw", "min_clip_score", "filter_column")
+            for name in (
+                "min_aesthetic",
+                "max_nsfw",
+                "min_clip_score",
+                "filter_column",
+                *FILTER_PARAMS,
+            )
         },
         **COMMON,
     ).expand(group=groups)
@@ -351,6 +426,6 @@ with DAG(
 
     discover >> index >> annotate >> dedup_fit >> [dedup_assign, dedup_hash] >> dedup
     dedup >> dedup_result >> save_metadata
-    annotate >> save_metadata
+    annotate >> clip_threshold >> save_metadata
     save_metadata >> plan >> reshard >> commit >> report
     plan >> commit

@@ -12,6 +12,7 @@ from airflow_curator.operators.dedup import (
 )
 from airflow_curator.operators.report import CurationReportLink, CurationReportOperator
 from airflow_curator.operators.steps import (
+    ClipThresholdOperator,
     CommitOperator,
     GpuAnnotateOperator,
     IndexShardsOperator,
@@ -22,6 +23,7 @@ from airflow_curator.operators.steps import (
 )
 
 __all__ = [
+    "ClipThresholdOperator",
     "CommitOperator",
     "CurationReportLink",
     "CurationReportOperator",

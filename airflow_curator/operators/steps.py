@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowSkipException
+
 from airflow_curator.core import layout
 from airflow_curator.operators.base import CuratorOperator, template_flag
 
@@ -47,6 +49,21 @@ class GpuAnnotateOperator(CuratorOperator):
         return {"dataset": self.dataset, "output": self.output_uri}
 
 
+class ClipThresholdOperator(CuratorOperator):
+    """The run's exact top-fraction CLIP-score threshold, between annotate and save-metadata;
+    skipped when ``options["clip_score_top_fraction"]`` is empty (null)."""
+
+    step = "clip-threshold"
+
+    def layout_options(self) -> dict[str, Any]:
+        return {"output": self.output_uri}
+
+    def execute(self, context: Any) -> Any:
+        if self.options.get("clip_score_top_fraction") in (None, ""):
+            raise AirflowSkipException("no clip_score_top_fraction for this run")
+        return super().execute(context)
+
+
 class SaveMetadataOperator(CuratorOperator):
     """Join the annotations into per-shard metadata Parquet with the curation filter column.
 
@@ -83,6 +100,7 @@ class SaveMetadataOperator(CuratorOperator):
             "annotations": annotations,
             "require": require or None,
             "path": layout.metadata_url(self.output_uri),
+            "clip_threshold": layout.clip_threshold_url(self.output_uri),
         }
 
 

@@ -20,6 +20,7 @@ STEPS: dict[str, str] = {
     "commit": "commit",
     "to-webdataset": "to_webdataset",
     "annotate": "annotate",
+    "clip-threshold": "clip_threshold",
     "report": "report",
     "dedup-fit": "dedup_fit",
     "dedup-assign": "dedup_assign",

@@ -149,9 +149,10 @@ class Thresholds:
     def from_dict(cls, values: dict[str, Any]) -> Thresholds:
         """The inverse of ``as_dict`` (a marker read back by the report)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
-        )
+        given: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names
+        }
+        return cls(**given)
 
     def resolve_top(self, threshold_url: str | None) -> Thresholds:
         """With a top fraction: the same thresholds with the run's threshold read from the
@@ -205,7 +206,8 @@ class Thresholds:
             found[by_column[name]] = getattr(pc, op)(number(name), pa.scalar(value, pa.float64()))
         if self.min_image_side is not None or self.max_aspect_ratio is not None:
             w, h = number("width"), number("height")
-            short, long = pc.min_element_wise(w, h), pc.max_element_wise(w, h)
+            short = pc.min_element_wise(w, h, skip_nulls=False)
+            long = pc.max_element_wise(w, h, skip_nulls=False)
             if self.min_image_side is not None:
                 found["min_image_side"] = pc.greater_equal(short, float(self.min_image_side))
             if self.max_aspect_ratio is not None:
@@ -265,7 +267,7 @@ def funnel(conditions: list[tuple[str, pa.Array]]) -> Funnel:
     out: Funnel = {}
     for name, cond in conditions:
         passes = np.asarray(cond.to_numpy(zero_copy_only=False), dtype=bool)
-        alive = passes if alive is None else alive
+        alive = np.ones(len(passes), dtype=bool) if alive is None else alive
         out[name] = {
             "alone": int((~passes).sum()),
             "in_sequence": int((~passes & alive).sum()),
