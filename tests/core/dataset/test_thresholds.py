@@ -170,7 +170,7 @@ def test_funnel_alone_and_in_sequence():
 
 def test_missing_column_and_bad_values():
     table = pa.table({"key": ["a"], "clip_score": pa.array([0.2], pa.float32())})
-    with pytest.raises(ShardError, match="no 'width' column.*annotate again"):
+    with pytest.raises(ShardError, match=r"no 'width' column.*annotate again"):
         Thresholds(min_image_side=10).mask(table, "00003")
     for bad in (
         {"min_image_side": -1},
