@@ -18,7 +18,8 @@ from typing import Any
 from airflow_curator.core import layout
 from airflow_curator.core.dataset.discovery import Manifest, load_manifest
 from airflow_curator.core.dataset.save_metadata import INPUT_SUFFIX, filter_marker
-from airflow_curator.core.errors import UsageError
+from airflow_curator.core.dataset.thresholds import Funnel, Thresholds, add_funnels, funnel
+from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.reshard.plan import FAILED_DOWNLOAD, load_plan
@@ -34,6 +35,21 @@ SCORES: dict[str, tuple[str, tuple[float, float], str, str]] = {
     "nsfw_score": ("NSFW score", (0.0, 1.0), "max_nsfw", "max"),
     "clip_score": ("CLIP image-text score", (-0.2, 0.6), "min_clip_score", "min"),
 }
+# the pair statistics' histograms (annotate's pairstats columns) -> (label, range, the filter
+# drawn on it, its kind)
+PAIRS: dict[str, tuple[str, tuple[float, float], str, str]] = {
+    "image_side": ("Smaller image side (px)", (0.0, 1024.0), "min_image_side", "min"),
+    "aspect_ratio": ("Aspect ratio (long / short side)", (1.0, 5.0), "max_aspect_ratio", "max"),
+    "caption_words": ("Caption words", (0.0, 40.0), "min_caption_words", "min"),
+    "caption_chars": ("Caption characters", (0.0, 200.0), "min_caption_chars", "min"),
+    "caption_language_score": (
+        "Caption language confidence",
+        (0.0, 1.0),
+        "min_language_score",
+        "min",
+    ),
+}
+TOP_LANGUAGES = 12
 BINS = 40
 THUMB_PX = 112
 
@@ -106,6 +122,13 @@ class ReportData:
     # what the counts alone do not say: e.g. kept rows that could not be written, or a filter
     # column the input brought that save-metadata ANDed with the thresholds
     notes: list[str] = field(default_factory=list)
+    # records each filter removed alone and in sequence, from the thresholds save-metadata
+    # recorded in each shard's Parquet; the values of those filters
+    funnel: Funnel = field(default_factory=dict)
+    filters: dict[str, Any] = field(default_factory=dict)
+    pair_histograms: dict[str, Histogram] = field(default_factory=dict)
+    pair_thresholds: dict[str, tuple[str, float]] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
 
     @property
     def totals(self) -> dict[str, int | None]:
@@ -177,6 +200,11 @@ def gather(
     low: list[tuple[float, str, Card]] = []
     high: list[tuple[float, str, Card]] = []
     hists = {c: Histogram(*SCORES[c][1]) for c in SCORES}
+    pair_hists = {c: Histogram(*PAIRS[c][1]) for c in PAIRS}
+    languages: dict[str, int] = {}
+    counts: Funnel = {}
+    filters: dict[str, Any] = {}
+    unfunnelled = 0  # shards whose saved columns do not hold what their filters need
     rows: list[ShardRow] = []
     input_filters = 0
     progress = Progress("report", len(man.shards), logger=logger)
@@ -187,7 +215,12 @@ def gather(
             progress.update()
             continue
         table = parquet.read_table(url, shard.stem)
-        input_filters += bool(filter_marker(table.schema).get("input_column"))
+        marker = filter_marker(table.schema)
+        input_filters += bool(marker.get("input_column"))
+        if marker.get("thresholds") and marker.get("column") == filter_column:
+            filters = marker["thresholds"]
+            unfunnelled += not _add_funnel(counts, table, marker, shard.stem)
+        _add_pairs(table, pair_hists, languages)
         names = set(table.column_names)
         wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
         cols = {c: table.column(c).to_pylist() for c in wanted if c in names}
@@ -239,6 +272,21 @@ def gather(
     picked = kept.items + dropped.items + lowest + highest + duplicates + list(originals.values())
     _thumbnails(man, picked)
     notes = []
+    if unfunnelled:
+        notes.append(
+            f"{unfunnelled} shards lack columns their filters need (saved with --columns): "
+            "the funnel leaves them out"
+        )
+    given: dict[str, Any] = dict(thresholds or {})
+    drawn = {**filters, **{k: v for k, v in given.items() if v is not None and v != ""}}
+    pair_limits = {
+        col: (kind, float(drawn[param]))
+        for col, (_, _, param, kind) in PAIRS.items()
+        if isinstance(drawn.get(param), (int, float))
+    }
+    top = filters.get("clip_score_top_threshold")
+    if top is not None and "clip_score" not in limits:
+        limits["clip_score"] = (f"top {filters['clip_score_top_fraction']:g}: min", float(top))
     if input_filters:
         notes.append(
             f"{input_filters} shards brought their own {filter_column!r} column: kept as "
@@ -251,6 +299,11 @@ def gather(
             notes.append(f"{failed} kept records not written: {FAILED_DOWNLOAD}")
     return ReportData(
         notes=notes,
+        funnel=counts,
+        filters=filters,
+        pair_histograms=pair_hists,
+        pair_thresholds=pair_limits,
+        languages=dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))),
         output=output,
         dataset=man.dataset,
         params=params,
@@ -266,6 +319,39 @@ def gather(
         output_manifest=_read_json(storage.join(output, layout.OUTPUT_MANIFEST)),
         input_manifest=json.loads(man.to_json()),
     )
+
+
+def _add_funnel(counts: Funnel, table: Any, marker: dict[str, Any], shard: str) -> bool:
+    """Add the shard's funnel, re-evaluated from the thresholds its Parquet records; False
+    when the saved columns lack what a filter needs."""
+    import pyarrow.compute as pc
+
+    try:
+        conditions = Thresholds.from_dict(marker["thresholds"]).conditions(table, shard)
+    except ShardError:
+        return False
+    own = marker.get("input_column")
+    if isinstance(own, str) and own in table.column_names:
+        conditions.append((own, pc.fill_null(table.column(own), False)))
+    add_funnels(counts, funnel(conditions))
+    return True
+
+
+def _add_pairs(table: Any, hists: dict[str, Histogram], languages: dict[str, int]) -> None:
+    """The pair statistics' histograms and language counts (records with a value only)."""
+    names = set(table.column_names)
+    if {"width", "height"} <= names:
+        sizes = zip(table.column("width").to_pylist(), table.column("height").to_pylist())
+        sides = [(min(w, h), max(w, h)) for w, h in sizes if w is not None and h is not None]
+        hists["image_side"].add([float(a) for a, _ in sides])
+        hists["aspect_ratio"].add([b / a for a, b in sides if a])
+    for c in ("caption_words", "caption_chars", "caption_language_score"):
+        if c in names:
+            hists[c].add(table.column(c).to_pylist())
+    if "caption_language" in names:
+        for lang in table.column("caption_language").to_pylist():
+            key = lang if lang is not None else "none"
+            languages[key] = languages.get(key, 0) + 1
 
 
 def _find(

@@ -9,7 +9,15 @@ import html
 import json
 from typing import Any
 
-from airflow_curator.core.report.data import BINS, SCORES, Card, Histogram, ReportData
+from airflow_curator.core.report.data import (
+    BINS,
+    PAIRS,
+    SCORES,
+    TOP_LANGUAGES,
+    Card,
+    Histogram,
+    ReportData,
+)
 from airflow_curator.core.stats import Result, Stats
 
 MAX_ROWS = 500
@@ -142,6 +150,53 @@ def _steps_table(steps: dict[str, list[dict[str, Any]]], shard_records: dict[str
     )
 
 
+def _rule(name: str, filters: dict[str, Any]) -> str:
+    """The filter as its value reads: ``min_image_side 200``, ``caption_languages en, de``."""
+    if name == "error":
+        return "no error (decoded, scored)"
+    if name.startswith("require:"):
+        return f"{name[len('require:') :]} is true"
+    value = filters.get(name)
+    if name == "clip_score_top_fraction":
+        top = filters.get("clip_score_top_threshold")
+        at = "no score" if top is None else f"clip_score >= {top:.4g}"
+        return f"top {value:g} ({at})"
+    if isinstance(value, list):
+        value = ", ".join(map(str, value))
+    return f"{value}" if value is not None else "its own column"
+
+
+def _funnel(data: ReportData, total: int) -> str:
+    """Records removed by each filter alone and in sequence (in the order they apply)."""
+    if not data.funnel:
+        return '<p class="muted">No filters recorded in the metadata.</p>'
+    left = total
+    rows = []
+    for name, counts in data.funnel.items():
+        left -= counts["in_sequence"]
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_e(_rule(name, data.filters))}</td>"
+            f"<td>{counts['alone']}</td><td>{counts['in_sequence']}</td><td>{left}</td></tr>"
+        )
+    return (
+        '<table id="funnel"><tr><th>filter</th><th>keeps</th><th>removed alone</th>'
+        f"<th>removed in sequence</th><th>left</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _languages(languages: dict[str, int]) -> str:
+    if not languages:
+        return ""
+    shown = list(languages.items())[:TOP_LANGUAGES]
+    rest = sum(languages.values()) - sum(n for _, n in shown)
+    cells = "".join(f"<tr><td>{_e(k)}</td><td>{n}</td></tr>" for k, n in shown)
+    if rest:
+        cells += f'<tr><td class="muted">others</td><td>{rest}</td></tr>'
+    return (
+        f'<table id="languages"><tr><th>caption language</th><th>records</th></tr>{cells}</table>'
+    )
+
+
 def _brief(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     """A manifest with its shard list cut short: the page stays small for 50,000 shards."""
     if manifest is None:
@@ -184,6 +239,11 @@ def render(data: ReportData) -> str:
         )
         or '<p class="muted">No scores found.</p>'
     )
+    pair_charts = "".join(
+        histogram_svg(PAIRS[c][0], data.pair_histograms[c], data.pair_thresholds.get(c))
+        for c in PAIRS
+        if c in data.pair_histograms and data.pair_histograms[c].total
+    )
     params = json.dumps(data.params, indent=1, sort_keys=True, default=str)
     manifest = json.dumps(
         {"input": _brief(data.input_manifest), "output": _brief(data.output_manifest)},
@@ -199,6 +259,8 @@ def render(data: ReportData) -> str:
 <div>{"".join(f'<span class="kpi"><b>{_e(v)}</b>{_e(k)}</span>' for k, v in kpis)}</div>
 {"".join(f'<p class="note">{_e(n)}</p>' for n in data.notes)}
 <h2>Scores</h2><div class="charts">{charts}</div>
+<h2>Filters</h2>{_funnel(data, t["records"] or 0)}
+<div class="charts">{pair_charts}</div>{_languages(data.languages)}
 <h2>Records</h2>
 {_grid("Random kept records", data.kept)}
 {_grid("Random dropped records", data.dropped)}

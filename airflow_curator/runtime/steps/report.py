@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from airflow_curator.core.dataset.thresholds import Thresholds
 from airflow_curator.core.report.page import write_report
 from airflow_curator.core.stats import Result
 from airflow_curator.runtime import options
@@ -36,11 +37,7 @@ def run(args: argparse.Namespace) -> Result:
         run_json=args.run_json,
         filter_column=args.filter_column,
         id_col=args.id_col,
-        thresholds={
-            "min_aesthetic": args.min_aesthetic,
-            "max_nsfw": args.max_nsfw,
-            "min_clip_score": args.min_clip_score,
-        },
+        thresholds=Thresholds.build(args.preset, **options.threshold_values(args)).as_dict(),
         per_grid=args.cards,
         seed=args.seed,
     )

@@ -114,7 +114,8 @@ def test_page_is_self_contained(run):
     assert page.count('src="data:image/jpeg;base64,') >= 8
     assert f"<b>{truth['kept']}</b>kept" in page
     assert 'class="threshold"' in page and "min 5" in page
-    assert page.count('class="bar"') == 3 * 40
+    # three score histograms, and the demo metadata's width/height give two size histograms
+    assert page.count('class="bar"') == (3 + 2) * 40
 
 
 def test_steps_count_shards_a_cleared_task_found_done(run):
@@ -180,3 +181,80 @@ def test_renders_with_images_in_headless_chromium(run, tmp_path):
     with_images = shot(page, tmp_path / "report.png")
     without = shot(stripped, tmp_path / "bare.png")
     assert with_images > 2 * without and with_images > 2000
+
+
+def test_funnel_and_filter_histograms(tmp_path):
+    """save-metadata's filters as the report reads them back from the merged Parquet: each
+    filter's removals alone and in sequence, counted here from the planted values."""
+    from airflow_curator.core import layout
+    from airflow_curator.core.dataset.save_metadata import save_metadata
+    from airflow_curator.core.dataset.thresholds import Thresholds
+
+    dataset, output = str(tmp_path / "in"), str(tmp_path / "out")
+    ids = write_demo_dataset(dataset, shards=2, records_per_shard=12, seed=1)
+    save_manifest(discover(dataset), layout.manifest_url(output))
+    rng = random.Random(2)
+    rows = {}
+    folder = layout.annotations_url(output)
+    os.makedirs(folder)
+    for s in range(2):
+        shard_ids = [i for i in ids if i.startswith(f"{s:05d}")]
+        cols = {k: [] for k in ("key", "width", "height", "caption_words", "caption_chars")}
+        cols.update(caption_language=[], caption_language_score=[], clip_score=[], error=[])
+        for rid in shard_ids:
+            failed = rng.random() < 0.1
+            r = {
+                "width": None if failed else rng.choice([100, 300, 900]),
+                "height": None if failed else rng.choice([250, 300]),
+                "caption_words": rng.choice([1, 2, 5]),
+                "caption_chars": rng.choice([4, 30]),
+                "caption_language": rng.choice(["en", "de", None]),
+                "caption_language_score": rng.random(),
+                "clip_score": None if failed else rng.uniform(0, 0.4),
+                "error": "decode failed" if failed else None,
+            }
+            rows[rid] = r
+            cols["key"].append(rid)
+            for k, v in r.items():
+                cols[k].append(v)
+        types = {"width": pa.int32(), "height": pa.int32(), "caption_words": pa.int32()}
+        types.update(caption_chars=pa.int32(), caption_language_score=pa.float32())
+        table = pa.table({k: pa.array(v, types.get(k)) for k, v in cols.items()})
+        pq.write_table(table, f"{folder}/{s:05d}.parquet")
+    t = Thresholds.build("datacomp-basic", min_caption_words=2)
+    result = save_metadata(
+        dataset, annotations=folder, path=layout.metadata_url(output), thresholds=t
+    )
+    data = gather(output)
+    assert data.funnel == result["funnel"]
+    checks = [
+        ("error", lambda r: r["error"] is None),
+        ("min_image_side", lambda r: r["width"] and min(r["width"], r["height"]) >= 200),
+        (
+            "max_aspect_ratio",
+            lambda r: (
+                r["width"] and max(r["width"], r["height"]) / min(r["width"], r["height"]) <= 3
+            ),
+        ),
+        ("min_caption_words", lambda r: r["caption_words"] >= 2),
+        ("min_caption_chars", lambda r: r["caption_chars"] >= 6),
+        ("caption_languages", lambda r: r["caption_language"] == "en"),
+    ]
+    assert list(data.funnel) == [name for name, _ in checks]
+    alive = list(rows.values())
+    for name, ok in checks:
+        assert data.funnel[name]["alone"] == sum(not ok(r) for r in rows.values()), name
+        assert data.funnel[name]["in_sequence"] == sum(not ok(r) for r in alive), name
+        alive = [r for r in alive if ok(r)]
+    assert data.totals["kept"] == len(alive) == result["passed"]
+    sized = [r for r in rows.values() if r["width"]]
+    assert data.pair_histograms["image_side"].total == len(sized)
+    assert data.pair_thresholds["image_side"] == ("min", 200.0)
+    assert data.languages == {
+        k: sum(r["caption_language"] == (None if k == "none" else k) for r in rows.values())
+        for k in data.languages
+    }
+    page = write_report(output)
+    html = Path(page["report"]).read_text(encoding="utf-8")
+    assert 'id="funnel"' in html and "min 200" in html and "max 3" in html
+    assert f"<td>{len(alive)}</td></tr></table>" in html  # what is left after the last filter
