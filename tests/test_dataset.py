@@ -148,3 +148,40 @@ def test_a_curated_output_that_kept_nothing_opens_empty(data, tmp_path):
     assert out.save_metadata(str(tmp_path / "meta"))["shards"] == 0
     with pytest.raises(UsageError, match="no shards"):
         out.to_webdataset(str(tmp_path / "again"), "key")
+
+
+def test_save_metadata_filter_keywords_preset_and_top_fraction(data, tmp_path):
+    """The command line's filters as keywords: a preset with an override, and the top fraction
+    of the whole dataset's clip_score (not of each shard), checked against numpy."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = ImageTextPairDataset.from_webdataset(data.path)
+    meta = ds.metadata
+    ds.metadata["height"] = meta["width"] // 2 + 20
+    ds.metadata["caption_words"] = (meta["caption"].str.count(" ") + 1).astype("int32")
+    ds.metadata["caption_chars"] = meta["caption"].str.len().astype("int32")
+    ds.metadata["caption_language"] = "en"
+    ds.metadata["clip_score"] = (meta["width"] // 7).astype("float32") / 40  # ties across shards
+    out = str(tmp_path / "meta")
+    result = ds.save_metadata(
+        out, preset="datacomp-basic", min_image_side=10, clip_score_top_fraction=0.4
+    )
+    table = pa.concat_tables(pq.read_table(os.path.join(out, f"{s:05d}.parquet")) for s in range(3))
+    rows = table.to_pylist()
+    scores = np.array([r["clip_score"] for r in rows], dtype=np.float64)
+    threshold = float(-np.quantile(-scores, 0.4, method="inverted_cdf"))
+    assert result["clip_threshold"]["threshold"] == threshold
+    expected = [
+        min(r["width"], r["height"]) >= 10  # the override, not the preset's 200
+        and max(r["width"], r["height"]) <= 3 * min(r["width"], r["height"])
+        and r["caption_words"] >= 3
+        and r["caption_chars"] >= 6
+        and r["clip_score"] >= threshold
+        for r in rows
+    ]
+    assert [r["passes_curation"] for r in rows] == expected
+    assert result["passed"] == sum(expected) and 0 < sum(expected) < len(rows)
+    with pytest.raises(UsageError, match="unknown preset"):
+        ds.save_metadata(out, preset="laion")

@@ -39,6 +39,14 @@ CLI_PARAMS = {
     "gpus",
     "dedup",
     "allow_empty",
+    "clip_score_top_fraction",
+    "preset",
+    "min_image_side",
+    "max_aspect_ratio",
+    "min_caption_words",
+    "min_caption_chars",
+    "caption_languages",
+    "min_language_score",
 }
 
 
@@ -272,6 +280,12 @@ def test_params_validate_form_input():
         ("require", ["drop table"]),
         ("annotate_cpu", "8 cores"),
         ("annotate_memory", "32 GB"),
+        ("clip_score_top_fraction", 0),
+        ("clip_score_top_fraction", 1.5),
+        ("preset", "laion"),
+        ("caption_languages", "en;de"),
+        ("min_image_side", -1),
+        ("max_aspect_ratio", 0.5),
     ):
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)
@@ -295,6 +309,7 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
     params.update(execution="kubernetes", model="ViT-B-32", gpus=2, min_clip_score=0.3)
     params.update(weights_sha256="ab" * 32, spot=True, annotate_memory="40Gi")
     params.update(weights_cache_claim="clip-cache")
+    params.update(clip_score_top_fraction=0.3, preset="datacomp-basic", caption_languages="en,de")
     groups = (
         {"shards": "0-3", "label": "00000-00003"},
         {"outputs": "0", "label": "00000"},
@@ -335,6 +350,7 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
         "dedup-hash",
         "dedup",
         "dedup-result",
+        "clip-threshold",
     }
     annotate, resources = steps["annotate"]
     assert resources["limits"][GPU_RESOURCE] == "2"
@@ -348,4 +364,16 @@ def test_every_task_renders_a_valid_pod_in_kubernetes_mode():
     merge = steps["save-metadata"][0]
     assert merge[merge.index("--min-clip-score") + 1] == "0.3"
     assert "--min-aesthetic" not in merge
+    output = params["curated"] + "/2026-03-01"
+    for flag, value in (
+        ("--clip-score-top-fraction", "0.3"),
+        ("--clip-threshold", output + "/_work/clip-threshold.json"),
+        ("--preset", "datacomp-basic"),
+        ("--caption-languages", "en,de"),
+    ):
+        assert merge[merge.index(flag) + 1] == value, flag
+    assert "--min-image-side" not in merge  # null: the preset's value
+    top = steps["clip-threshold"][0]
+    assert top[top.index("--clip-score-top-fraction") + 1] == "0.3"
+    assert top[top.index("--output") + 1] == output
     assert steps["reshard"][0][steps["reshard"][0].index("--outputs") + 1] == "0"
