@@ -179,12 +179,13 @@ def language_id() -> LanguageId:
 def pair_columns(
     ids: Sequence[str],
     captions: Callable[[str], str],
-    image: Callable[[str], bytes | None],
+    sizes: Callable[[str], tuple[int, int] | None],
     errors: Sequence[str | None],
     lid: LanguageId | None = None,
 ) -> dict[str, pa.Array]:
     """The columns of ``COLUMNS`` for records ``ids`` (in that order): ``captions(id)`` is the
-    record's caption, ``image(id)`` its image bytes; ``errors`` the records' errors."""
+    record's caption, ``sizes(id)`` its image's ``image_size``; ``errors`` the records' errors
+    (a failed record has no size: its image was not decoded)."""
     import pyarrow as pa
 
     lid = lid or language_id()
@@ -195,10 +196,7 @@ def pair_columns(
     langs: list[str | None] = []
     scores: list[float | None] = []
     for rid, error in zip(ids, errors, strict=True):
-        size = None
-        if error is None:
-            data = image(rid)
-            size = image_size(data) if data else None
+        size = sizes(rid) if error is None else None
         widths.append(size[0] if size else None)
         heights.append(size[1] if size else None)
         caption = captions(rid)
@@ -222,15 +220,16 @@ def with_pair_stats(
     table: pa.Table,
     id_col: str,
     captions: Callable[[str], str],
-    image: Callable[[str], bytes | None],
+    sizes: Callable[[str], tuple[int, int] | None],
 ) -> pa.Table:
-    """``table`` (an annotation table: ids and ``error``) with the pair statistics appended
-    before its ``error`` column; the hook the annotator calls once per shard."""
+    """``table`` (an annotation table: ids and ``error``) with the pair statistics inserted
+    before its ``error`` column; the hook the annotator calls once per shard, with the sizes
+    its scan read from each image's header (``image_size``)."""
     table = table.drop_columns([c for c in COLUMNS if c in table.column_names])
     ids = [str(i) for i in table.column(id_col).to_pylist()]
     has_error = "error" in table.column_names
     errors = table.column("error").to_pylist() if has_error else [None] * len(ids)
-    columns = pair_columns(ids, captions, image, errors)
+    columns = pair_columns(ids, captions, sizes, errors)
     at = table.column_names.index("error") if has_error else table.num_columns
     for offset, (name, values) in enumerate(columns.items()):
         table = table.add_column(at + offset, name, values)

@@ -108,8 +108,9 @@ def test_language_model_pin_is_checked(tmp_path):
 
 def test_pair_columns_null_rules():
     images = {"a": _encode((300, 100), "PNG"), "b": b"not an image", "c": _encode((5, 7), "JPEG")}
+    sizes = {k: image_size(v) for k, v in images.items()}
     captions = {"a": "A dog in the park with a ball", "b": "", "c": "Der Hund läuft"}
-    cols = pair_columns(["a", "b", "c"], captions.get, images.get, [None, None, "decode failed"])
+    cols = pair_columns(["a", "b", "c"], captions.get, sizes.get, [None, None, "decode failed"])
     assert cols["width"].to_pylist() == [300, None, None]  # unknown header; failed record
     assert cols["height"].to_pylist() == [100, None, None]
     assert cols["caption_words"].to_pylist() == [8, 0, 3]
@@ -122,7 +123,7 @@ def test_pair_columns_null_rules():
 
 def test_with_pair_stats_puts_the_columns_before_error():
     table = pa.table({"key": ["x"], "clip_score": pa.array([0.3], pa.float32()), "error": [None]})
-    out = with_pair_stats(table, "key", lambda _: "hello world", lambda _: _encode((4, 3), "PNG"))
+    out = with_pair_stats(table, "key", lambda _: "hello world", lambda _: (4, 3))
     assert out.column_names == ["key", "clip_score", *pairstats.COLUMNS, "error"]
     assert out.column("width").to_pylist() == [4]
     again = with_pair_stats(out, "key", lambda _: "", lambda _: None)  # replaced, not doubled
