@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from airflow_curator.core import layout
 from airflow_curator.runtime.argv import build_argv
@@ -113,3 +114,70 @@ def test_clip_threshold_then_save_metadata_with_preset_and_overrides(tmp_path):
         )
     )
     assert code == 2
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_annotate_then_datacomp_basic_end_to_end(tmp_path):
+    """annotate (tiny CLIP model) records each image's decoded size and each caption's
+    statistics and language; clip-threshold and save-metadata then keep what the planted
+    truth says DataComp's basic filtering and the top half by CLIP score keep."""
+    pytest.importorskip("torch")
+    pytest.importorskip("nvidia.dali")
+    from airflow_curator.testing.models import write_tiny_models
+
+    tiny = write_tiny_models(str(tmp_path / "tiny"))
+    dataset, output = str(tmp_path / "in"), str(tmp_path / "out")
+    planted = {p.id: p for p in write_filter_dataset(dataset, shards=2, records_per_shard=15)}
+    step("discover", tmp_path, dataset=dataset, manifest=layout.manifest_url(output))
+    annotated = step(
+        "annotate", tmp_path, dataset=dataset, output=output, model=tiny["model"],
+        weights=tiny["weights"], aesthetic_weights=tiny["aesthetic_weights"],
+        nsfw_weights=tiny["nsfw_weights"], device="cpu", batch_size=4,
+    )  # fmt: skip
+    assert annotated["failed"] == 0
+    ann = pa.concat_tables(
+        pq.read_table(os.path.join(layout.annotations_url(output), f"{s}.parquet"))
+        for s in ("00000", "00001")
+    ).to_pylist()
+    assert {r["key"] for r in ann} == set(planted)
+    for r in ann:
+        p = planted[r["key"]]
+        assert (r["width"], r["height"]) == (p.width, p.height), p
+        assert (r["caption_words"], r["caption_chars"]) == (len(p.caption.split()), len(p.caption))
+        if p.language is not None:
+            assert r["caption_language"] == p.language, p
+            assert 0 < r["caption_language_score"] <= 1
+        if not p.caption.strip():
+            assert r["caption_language"] is None and r["caption_language_score"] is None
+    step("clip-threshold", tmp_path, output=output, clip_score_top_fraction=0.5)
+    out = step(
+        "save-metadata", tmp_path, dataset=dataset, annotations=[layout.annotations_url(output)],
+        path=layout.metadata_url(output), preset="datacomp-basic", clip_score_top_fraction=0.5,
+        clip_threshold=layout.clip_threshold_url(output),
+    )  # fmt: skip
+    with open(layout.clip_threshold_url(output)) as f:
+        threshold = json.load(f)["threshold"]
+    rows = {r["key"]: r for r in ann}  # the annotations' values, checked against the truth above
+    expected = kept_by_hand(rows, threshold, words=3)
+    merged = pa.concat_tables(
+        pq.read_table(os.path.join(layout.metadata_url(output), f"{s}.parquet"))
+        for s in ("00000", "00001")
+    )
+    flags = dict(zip(merged["key"].to_pylist(), merged["passes_curation"].to_pylist()))
+    assert flags == expected and out["passed"] == sum(expected.values())
+    # the planted truth alone (sizes, captions, languages) says which records the basic filter
+    # keeps; the top half by score then keeps a subset of those
+    basic = {
+        rid
+        for rid, p in planted.items()
+        if p.language == "en"
+        and len(p.caption.split()) > 2
+        and len(p.caption) > 5
+        and min(p.width, p.height) >= 200
+        and max(p.width, p.height) <= 3 * min(p.width, p.height)
+    }
+    assert {rid for rid, keep in flags.items() if keep} <= basic
+    assert out["funnel"]["min_image_side"]["alone"] == sum(
+        min(p.width, p.height) < 200 for p in planted.values()
+    )
