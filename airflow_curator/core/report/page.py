@@ -150,8 +150,21 @@ def _steps_table(steps: dict[str, list[dict[str, Any]]], shard_records: dict[str
     )
 
 
+RULES = {
+    "min_image_side": "smaller side >= {} px",
+    "max_aspect_ratio": "long / short side <= {}",
+    "min_caption_words": "caption words >= {}",
+    "min_caption_chars": "caption characters >= {}",
+    "caption_languages": "caption language in {}",
+    "min_language_score": "language confidence >= {}",
+    "min_aesthetic": "aesthetic_score >= {}",
+    "max_nsfw": "nsfw_score <= {}",
+    "min_clip_score": "clip_score >= {}",
+}
+
+
 def _rule(name: str, filters: dict[str, Any]) -> str:
-    """The filter as its value reads: ``min_image_side 200``, ``caption_languages en, de``."""
+    """What a record needs to pass the filter: ``smaller side >= 200 px``."""
     if name == "error":
         return "no error (decoded, scored)"
     if name.startswith("require:"):
@@ -160,10 +173,12 @@ def _rule(name: str, filters: dict[str, Any]) -> str:
     if name == "clip_score_top_fraction":
         top = filters.get("clip_score_top_threshold")
         at = "no score" if top is None else f"clip_score >= {top:.4g}"
-        return f"top {value:g} ({at})"
+        return f"top {value:g} of the run ({at})"
     if isinstance(value, list):
         value = ", ".join(map(str, value))
-    return f"{value}" if value is not None else "its own column"
+    if name in RULES and value is not None:
+        return RULES[name].format(value)
+    return "true in the input's own column"
 
 
 def _funnel(data: ReportData, total: int) -> str:
