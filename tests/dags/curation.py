@@ -106,6 +106,9 @@ def write_inputs(work: str) -> tuple[str, str, dict[str, list[str]], dict[str, A
         "device": "cpu",
         "batch_size": 16,
         "min_clip_score": 0.0,
+        # the filters: the clip_threshold task and the annotate step's caption statistics
+        "clip_score_top_fraction": 0.75,
+        "min_caption_words": 3,
         "samples_per_shard": 6,
         "group_bytes": 1,  # one shard per input group, one output shard per output group
         "dedup_clusters": 2,
