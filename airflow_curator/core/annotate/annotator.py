@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_curator.core.annotate import pairstats
 from airflow_curator.core.annotate.clip import ClipModel, load_model, model_spec, resolve_weights
 from airflow_curator.core.annotate.cpu_decoder import CpuDecoder
 from airflow_curator.core.annotate.decode import Batch, Decoder, Preprocess, check_image
@@ -77,6 +78,7 @@ class ScannedRecord:
     image: Member | None
     caption: str
     error: str | None
+    size: tuple[int, int] | None = None  # the image as decoded, from its header (pairstats)
 
 
 @dataclass
@@ -114,7 +116,8 @@ def scan_shard(
             check_image(rec.data[ext]) if ext else "record has no image (jpg, jpeg, png or webp)"
         )
         caption = rec.data.get("txt", b"").decode("utf-8", "replace")
-        yield ScannedRecord(rec.id, rec.parts[ext] if ext else None, caption, error)
+        dims = pairstats.image_size(rec.data[ext]) if ext and error is None else None
+        yield ScannedRecord(rec.id, rec.parts[ext] if ext else None, caption, error, dims)
 
 
 class Annotator:
@@ -147,6 +150,7 @@ class Annotator:
             "model": self.inputs_model,
             "heads": {k: w.sha256 for k, w in sorted(self.head_files.items())},
             "id_col": self.options.id_col,
+            "pairstats": pairstats.VERSION,
         }
 
     def share(self, other: Annotator) -> None:
@@ -263,6 +267,11 @@ class Annotator:
         # img2dataset's failed downloads: a Parquet row and no members, carried with an error
         records += [ScannedRecord(rid, None, "", FAILED_DOWNLOAD) for rid in failed - present]
         table = self._table(pq_ids, records, results, clip.embed_dim)
+        captions = {r.id: r.caption for r in records}
+        sizes = {r.id: r.size for r in records}
+        table = pairstats.with_pair_stats(
+            table, self.options.id_col, captions.__getitem__, sizes.get
+        )
         errors = {r.id: r.error for r in records if r.error}
         return table, Outcome(
             shard.stem,
