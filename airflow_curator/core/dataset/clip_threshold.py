@@ -4,10 +4,12 @@ DataComp's strongest simple baseline keeps the top 30% of the whole pool by CLIP
 threshold is a quantile over every shard, not per shard. This step reads only the ``clip_score``
 column of every annotation file of the manifest (through the Parquet layer, a few files at a
 time) and finds the exact value by radix selection: each pass counts the next 16 bits of the
-scores' order-preserving integer keys (65,536 counters) among the scores still in the running,
+scores' order-preserving integer keys (2^20 counters) among the scores still in the running,
 until the bucket that holds the wanted rank has at most ``COLLECT`` scores, which the last pass
-collects and sorts. Memory is bounded by the counters, ``COLLECT`` and one file's column, and
-the result depends only on the multiset of scores: not on the files, their order or grouping.
+collects and sorts (two passes for CLIP scores in practice: 20 bits of a float64 key resolve a
+score's first 8 mantissa bits). Memory is bounded by the counters, ``COLLECT`` and a few files'
+columns, and the result depends only on the multiset of scores: not on the files, their order or
+grouping.
 
 Rules:
 - null and NaN scores (a failed record, a model without a text tower) are not counted and never
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COLUMN = "clip_score"
-DIGIT = 16  # bits counted per pass
+DIGIT = 20  # bits counted per pass: 2^20 counters (8 MB)
 COLLECT = 1 << 20  # a bucket this small is collected and sorted (8 MB of float64)
 READ_AHEAD = 8  # files read concurrently
 
@@ -108,7 +110,8 @@ def top_threshold(
     while True:
         passes += 1
         collect = in_bucket is not None and in_bucket <= COLLECT
-        counts = np.zeros(1 << DIGIT, dtype=np.int64)
+        width = min(DIGIT, 64 - bits)
+        counts = np.zeros(1 << width, dtype=np.int64)
         kept: list[npt.NDArray[np.uint64]] = []
         for chunk in chunks():
             keys, nan = _keys(chunk)
@@ -119,9 +122,9 @@ def top_threshold(
             if collect:
                 kept.append(keys)
             else:
-                shift = np.uint64(64 - bits - DIGIT)
-                digits = ((keys >> shift) & np.uint64((1 << DIGIT) - 1)).astype(np.int64)
-                counts += np.bincount(digits, minlength=1 << DIGIT)
+                shift = np.uint64(64 - bits - width)
+                digits = ((keys >> shift) & np.uint64((1 << width) - 1)).astype(np.int64)
+                counts += np.bincount(digits, minlength=1 << width)
         if passes == 1:
             rank = need = rank_of(fraction, n)
             if n == 0:
@@ -134,10 +137,10 @@ def top_threshold(
         # the digit whose bucket holds the need-th largest of the bucket
         from_top = np.cumsum(counts[::-1])
         j = int(np.searchsorted(from_top, need))
-        digit = (1 << DIGIT) - 1 - j
+        digit = (1 << width) - 1 - j
         before = int(from_top[j - 1]) if j else 0
         above, need = above + before, need - before
-        prefix, bits = (prefix << DIGIT) | digit, bits + DIGIT
+        prefix, bits = (prefix << width) | digit, bits + width
         in_bucket = int(counts[digit])
         if bits == 64:  # every bit known: the bucket is one value
             return TopThreshold(fraction, _value(prefix), n, nulls, rank, above + in_bucket, passes)
