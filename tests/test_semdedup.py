@@ -47,7 +47,7 @@ def cli_removed(dataset: str, job: str, keep: str, eps: float) -> set[str]:
         ["dedup-fit", *common, "--n-clusters", "4", "--cluster-groups", "2", "--seed", "7",
          "--iterations", "10", "--device", "cpu"],
         ["dedup-assign", *common, "--device", "cpu"],
-        ["dedup", "--output", job, "--eps", str(eps), "--keep", keep, "--exact", "off",
+        ["dedup", *common, "--eps", str(eps), "--keep", keep, "--exact", "off",
          "--device", "cpu"],
         ["dedup-result", *common],
     ]  # fmt: skip

@@ -57,6 +57,12 @@ def test_annotate_two_shards_then_rerun(tmp_path, tiny):
         "clip_score",
         "aesthetic_score",
         "nsfw_score",
+        "width",
+        "height",
+        "caption_words",
+        "caption_chars",
+        "caption_language",
+        "caption_language_score",
         "error",
     ]
     assert str(table.schema.field("image_embedding").type) == "fixed_size_list<element: float>[768]"
