@@ -4,7 +4,8 @@ Each in its own process group (``setsid``), all on 127.0.0.1 (the api-server on 
 at run time, the scheduler and triggerer with ``--skip-serve-logs``), LocalExecutor with
 ``[core] parallelism`` 4, SQLite in a temporary ``AIRFLOW_HOME``, the simple auth manager with an
 ``admin`` and a user ``nobody`` whose token grants nothing (``USERS``; REST and the browser get
-their tokens from ``/auth/token``). ``stop()`` ends every process group it started.
+their tokens from ``/auth/token``). ``stop()`` ends every process group it started; a reaper
+ends them if the test process is killed before it can.
 
 The components import this checkout (``PYTHONPATH``) with this checkout's entry points: when the
 installed distribution's metadata predates an entry point of ``pyproject.toml`` (the shared
@@ -30,6 +31,8 @@ from urllib.parse import quote
 
 import httpx
 import tomllib
+
+from airflow_curator.testing.reaper import Reaper
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DAG_ID = "curate_image_text_pairs"
@@ -83,6 +86,7 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.reaper: Reaper | None = None
         self.logs = os.path.join(self.home, "component-logs")
         overlay = entry_point_overlay(os.path.join(work, "entry-points"))
         path = [p for p in (overlay, REPO, os.environ.get("PYTHONPATH")) if p]
@@ -134,6 +138,7 @@ class Deployment:
         self.airflow("db", "migrate")
         self.airflow("dags", "reserialize")  # parsed now, not after the processor's interval
         airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+        self.reaper = Reaper()
         for name, args in COMPONENTS.items():
             with open(os.path.join(self.logs, f"{name}.log"), "wb") as log:
                 self.procs[name] = subprocess.Popen(
@@ -144,6 +149,7 @@ class Deployment:
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # its own process group, stopped as one
                 )
+            self.reaper.watch(self.procs[name].pid)
         self.wait_for(self._healthy, timeout, "the four components to be healthy")
 
     def check_alive(self) -> None:
@@ -175,6 +181,10 @@ class Deployment:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         self.procs.clear()
+        if self.reaper is not None:
+            self.reaper.forget()
+            self.reaper.close()
+            self.reaper = None
 
     # -- REST -------------------------------------------------------------------------------
 
