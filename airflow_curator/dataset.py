@@ -256,6 +256,7 @@ class ImageTextPairDataset:
             samples_per_shard=samples_per_shard,
             max_shards=max_shards,
             old_id_col=old_id_col,
+            manifest=self.manifest,  # the shards this dataset was opened with: no listing
         )
         return type(self).from_webdataset(path, self.id_col)
 

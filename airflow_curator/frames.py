@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +23,19 @@ from airflow_curator.core.io import parquet
 logger = logging.getLogger(__name__)
 
 
+def footers(shards: list[Shard]) -> list[tuple[Any, int]]:
+    """(Arrow schema without metadata, rows) of each shard's Parquet: one footer request
+    each, all in flight together."""
+    wants = [parquet.Want(s.parquet, s.stem, size=s.parquet_bytes) for s in shards]  # type: ignore[arg-type]
+    return [
+        (md.schema.to_arrow_schema().remove_metadata(), int(md.num_rows))
+        for md in parquet.footers(wants)
+    ]
+
+
 def footer(shard: Shard) -> tuple[Any, int]:
     """(Arrow schema without metadata, rows) of the shard's Parquet: one footer read."""
-    assert shard.parquet is not None  # discovery pairs every shard with its Parquet
-    with parquet.open_parquet(shard.parquet, shard.stem, size=shard.parquet_bytes) as pf:
-        return pf.schema_arrow.remove_metadata(), int(pf.metadata.num_rows)
+    return footers([shard])[0]
 
 
 def to_frame(table: Any, start: int = 0) -> Any:
@@ -136,7 +143,7 @@ class ShardRows:
         return self.shards[number]
 
 
-def metadata_frame(manifest: Manifest, id_col: str, threads: int = 16) -> tuple[Any, ShardRows]:
+def metadata_frame(manifest: Manifest, id_col: str) -> tuple[Any, ShardRows]:
     """The lazy metadata of every shard of ``manifest`` and where each shard's rows start.
 
     Reads each Parquet footer once (schema and row count); the rows are read on compute."""
@@ -147,15 +154,14 @@ def metadata_frame(manifest: Manifest, id_col: str, threads: int = 16) -> tuple[
     if not shards:  # e.g. a curated output that kept nothing: one empty partition
         empty = to_frame(pa.schema([pa.field(id_col, pa.string())]).empty_table())
         return dd.from_pandas(empty, npartitions=1), ShardRows((), (0,))
-    with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
-        footers = list(pool.map(footer, shards))
+    found = footers(shards)
     try:
-        schema = pa.unify_schemas([s for s, _ in footers], promote_options="permissive")
+        schema = pa.unify_schemas([s for s, _ in found], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise DataError(f"{manifest.dataset}: the shards' metadata schemas differ: {e}") from e
     if id_col not in schema.names:
         raise UsageError(f"{manifest.dataset}: the metadata has no id column {id_col!r}")
-    counts = [n for _, n in footers]
+    counts = [n for _, n in found]
     for shard, n in zip(shards, counts, strict=True):
         shard.records = n
     starts = [0]

@@ -37,7 +37,8 @@ def save_partition(
         ids = check_ids(table.column(id_col).to_pylist(), shard.stem, "metadata")
         if in_place:
             assert shard.parquet is not None
-            lost = set(read_shard_ids(shard.parquet, id_col, shard.stem)[0]) - set(ids)
+            saved = read_shard_ids(shard.parquet, id_col, shard.stem, shard.parquet_bytes)[0]
+            lost = set(saved) - set(ids)
             if lost:
                 raise ShardError(
                     shard.stem,

@@ -41,6 +41,9 @@ XCOM_RESULT = f"{PodDefaults.XCOM_MOUNT_PATH}/return.json"
 GPU_RESOURCE = "nvidia.com/gpu"
 STEP_LABEL = "airflow-curator/step"
 GROUP_KEYS = ("shards", "outputs", "clusters")  # input, reshard output, dedup cluster groups
+# what else a group gives the steps that take it: the manifest discover wrote, so no task lists
+# the dataset folder again and every task sees the shards discover saw
+GROUP_OPTIONS = ("manifest",)
 RESULT_KEY = "result"
 # What the UI shows of a mapped task, for every kind of group: "shards 00000-00003", "outputs
 # 00000", "clusters 00000-00062" (text around the label: a DAG rendering templates as native
@@ -186,7 +189,7 @@ class CuratorOperator(KubernetesPodOperator):
         if group:  # see GROUP_KEYS
             if not isinstance(group, Mapping):
                 raise AirflowFailException(f"group must be a mapping, not {group!r}")
-            for key in GROUP_KEYS:
+            for key in (*GROUP_KEYS, *GROUP_OPTIONS):
                 if key in group and key in actions:
                     opts[key] = group[key]
         for name, value in self.options.items():

@@ -112,10 +112,13 @@ class PlanReshardOperator(CuratorOperator):
     returns = "groups"
 
     def layout_options(self) -> dict[str, Any]:
+        if not self.output_uri:
+            return {"dataset": self.dataset}
         return {
             "dataset": self.dataset,
             "output": self.output_uri,
-            "metadata": layout.metadata_url(self.output_uri) if self.output_uri else None,
+            "metadata": layout.metadata_url(self.output_uri),
+            "manifest": layout.manifest_url(self.output_uri),
         }
 
 

@@ -17,6 +17,14 @@ def dataset(
     p.add_argument("--dataset", required=True, help=what)
 
 
+def manifest(p: Parser) -> None:
+    p.add_argument(
+        "--manifest",
+        help="the dataset manifest discover wrote (every shard group carries its URI): the "
+        "shards are read from it, the dataset folder is not listed again; omitted: one listing",
+    )
+
+
 def output(p: Parser, what: str = "job output URI (work files go to OUTPUT/_work)") -> None:
     p.add_argument("--output", required=True, help=what)
 
@@ -129,6 +137,7 @@ def threshold_values(args: argparse.Namespace) -> dict[str, Any]:
 def reshard_plan(p: Parser) -> None:
     """What a reshard keeps and how it names it (plan-reshard and to-webdataset)."""
     dataset(p, "input dataset folder URI (tars, idx)")
+    manifest(p)
     output(p, "output dataset folder URI")
     metadata(
         p,
@@ -152,6 +161,7 @@ def plan_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_shards": args.max_shards,
         "old_id_col": args.old_id_col,
         "shards": args.shards,
+        "manifest": args.manifest,
     }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from airflow_curator.core.annotate.decode import Batch, Decoder, Preprocess, che
 from airflow_curator.core.annotate.heads import DEFAULTS, Head
 from airflow_curator.core.annotate.threads import ThreadPlan, cpu_cores, plan_threads, torch_threads
 from airflow_curator.core.annotate.weights import WeightsFile, resolve
-from airflow_curator.core.dataset.discovery import Shard, discover
+from airflow_curator.core.dataset.discovery import Manifest, Shard, shards_of
 from airflow_curator.core.dataset.metadata import check_json_id, compare_ids, read_shard_ids
 from airflow_curator.core.device import pick_device
 from airflow_curator.core.errors import DataError, ShardError
@@ -218,11 +217,14 @@ class Annotator:
         return self._clip
 
     def is_done(self, shard: Shard, url: str) -> bool:
-        if self.weights is None or not storage.exists(url):  # random weights: never reuse
+        """Whether ``url`` holds this shard's annotation from the same inputs (one footer
+        read). Missing, or bytes that are not Parquet: annotate again (the write replaces it
+        atomically); a storage failure is not an answer: it propagates (``TransientError``)."""
+        if self.weights is None:  # random weights: never reuse
             return False
         try:
             meta = parquet.read_schema(url, shard.stem).metadata or {}
-        except DataError:  # unreadable: annotate again, the write replaces it atomically
+        except DataError:  # missing or unreadable bytes
             return False
         return meta.get(META_KEY) == self._fingerprint(shard)
 
@@ -248,11 +250,11 @@ class Annotator:
 
     def _annotate_table(self, shard: Shard, clip: ClipModel) -> tuple[Any, Outcome]:
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="curator-annotate-") as tmp:
+        with storage.spool("annotate-") as tmp:  # DALI reads a local file: one streamed GET
             tar = storage.local_path(shard.tar)
             if not storage.is_local(shard.tar):
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
-                storage.copy_file(shard.tar, tar)
+                storage.download(shard.tar, tar)
             assert shard.parquet is not None  # discovery pairs every shard with its Parquet
             pq_ids, failed = read_shard_ids(
                 shard.parquet, self.options.id_col, shard.stem, shard.parquet_bytes
@@ -413,10 +415,12 @@ def annotate_dataset(
     shards: str | None,
     options: Options,
     annotator: Annotator | None = None,
+    manifest: Manifest | str | None = None,
 ) -> Result:
-    """Annotate the selected shards into ``<output>/_work/annotations``; the step's result."""
+    """Annotate the selected shards into ``<output>/_work/annotations``; the step's result.
+    ``manifest``: discover's (object or URI), so no listing."""
     stats = Stats()
-    selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
+    selected = shards_of(dataset, manifest, on_invalid="skip").select(shards)
     annotator = annotator or Annotator(options)
     folder = annotations_url(output)
     storage.makedirs(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,7 +50,7 @@ class Manifest:
     skipped: list[dict[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
-    # hidden temporaries of interrupted writes, for the steps to sweep; not saved
+    # hidden temporaries of interrupted writes, for the steps to sweep (saved by name)
     temporaries: list[storage.Entry] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -77,7 +76,7 @@ class Manifest:
 
     def to_json(self) -> str:
         d = asdict(self)
-        del d["temporaries"]
+        d["temporaries"] = sorted(e.name for e in self.temporaries)
         d["records"] = self.records
         d["bytes"] = self.bytes
         return json.dumps(d, indent=1, sort_keys=True)
@@ -91,6 +90,10 @@ class Manifest:
             skipped=d.get("skipped", []),
             ignored=d.get("ignored", []),
             created=d.get("created", 0.0),
+            temporaries=[
+                storage.Entry(storage.join(d["dataset"], name), name, 0, None)
+                for name in d.get("temporaries", [])
+            ],
         )
 
 
@@ -99,7 +102,6 @@ def discover(
     *,
     count_records: bool = True,
     on_invalid: str = "error",
-    threads: int = 16,
     allow_empty: bool = True,
 ) -> Manifest:
     """Pair the shard files of ``dataset``; ``on_invalid`` is ``error`` or ``skip`` (reported).
@@ -176,9 +178,10 @@ def discover(
     if not shards and not allow_empty:
         raise EmptyDatasetError(empty_reason(dataset, ignored, problems))
     if count_records and shards:
-        with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
-            for s, n in zip(shards, pool.map(_parquet_rows, shards), strict=True):
-                s.records = n
+        # sizes from the listing: one ranged request per footer, hundreds in flight at once
+        wants = [parquet.Want(s.parquet, s.stem, size=s.parquet_bytes) for s in shards]
+        for s, footer in zip(shards, parquet.footers(wants), strict=True):
+            s.records = int(footer.num_rows)
     manifest = Manifest(dataset, shards, problems, ignored, temporaries=temporaries)
     logger.info(
         "discovered %d shards (%d records, %.1f MB) in %s in %.2fs; %d skipped, %d ignored",
@@ -229,10 +232,6 @@ def _holds_shards(folder: str) -> bool:
     )
 
 
-def _parquet_rows(shard: Shard) -> int:
-    return parquet.num_rows(shard.parquet, shard.stem, size=shard.parquet_bytes)
-
-
 def make_groups(
     shards: list[Shard], max_groups: int = MAX_GROUPS, group_bytes: int = GROUP_BYTES
 ) -> list[list[Shard]]:
@@ -251,7 +250,27 @@ def input_group(group: list[Shard], dataset: str, manifest_url: str | None) -> d
 
 
 def load_manifest(url: str) -> Manifest:
-    return Manifest.from_json(storage.read_bytes(url).decode())
+    try:
+        return Manifest.from_json(storage.read_bytes(url).decode())
+    except FileNotFoundError:
+        raise UsageError(f"dataset manifest {url} does not exist: run discover first") from None
+
+
+def shards_of(
+    dataset: str, manifest: Manifest | str | None = None, *, on_invalid: str = "error"
+) -> Manifest:
+    """The dataset's shards as ``discover`` saw them: its manifest (an object, or the URI it
+    wrote, which every group's XCom carries), so a step lists nothing and sees the same shards
+    as every other task of the run; without one, one listing now."""
+    if manifest is None:
+        return discover(dataset, count_records=False, on_invalid=on_invalid)
+    if isinstance(manifest, str):
+        url, manifest = manifest, load_manifest(manifest)
+    else:
+        url = "the manifest given"
+    if manifest.dataset.rstrip("/") != dataset.rstrip("/"):
+        raise UsageError(f"{url} is the manifest of {manifest.dataset}, not of {dataset}")
+    return manifest
 
 
 def save_manifest(manifest: Manifest, url: str) -> None:

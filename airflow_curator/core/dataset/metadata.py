@@ -36,13 +36,13 @@ def read_shard_ids(
 ) -> tuple[list[str], set[str]]:
     """The checked id column and the ids of failed-download rows (see ``failed_ids``);
     ``size``: the file's size, when the manifest knows it."""
-    with parquet.open_parquet(parquet_url, shard, size=size) as pf:
-        names = pf.schema_arrow.names
-        if id_col not in names:
-            raise ShardError(
-                shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(names)})"
-            )
-        table = pf.read(columns=[id_col] + ([STATUS_COL] if STATUS_COL in names else []))
+    read = parquet.load(parquet_url, shard, [], optional=(id_col, STATUS_COL), size=size)
+    names = read.schema.names
+    if id_col not in names:
+        raise ShardError(
+            shard, f"{parquet_url} has no id column {id_col!r} (columns: {', '.join(names)})"
+        )
+    table = read.table
     ids = check_ids(table.column(id_col).to_pylist(), shard, parquet_url)
     return ids, failed_ids(table, id_col)
 

@@ -14,7 +14,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from airflow_curator.core.dataset.discovery import Shard, discover
+from airflow_curator.core.dataset.discovery import Manifest, Shard, shards_of
 from airflow_curator.core.dataset.metadata import check_ids
 from airflow_curator.core.dataset.thresholds import Funnel, Thresholds, add_funnels, funnel
 from airflow_curator.core.errors import ShardError, UsageError, preview
@@ -163,34 +163,40 @@ def save_metadata(
     shards: str | None = None,
     workers: int = 8,
     clip_threshold: str | None = None,
+    manifest: Manifest | str | None = None,
 ) -> Result:
     """Merge and write each selected shard's metadata to ``path`` (default: in place).
 
     ``annotations`` is one folder of ``NNNNN.parquet`` or several, joined in turn. A shard whose
     merged bytes equal what is there already is not rewritten, so a rerun changes nothing.
-    ``clip_threshold``: the clip-threshold step's file, for ``clip_score_top_fraction``."""
+    ``clip_threshold``: the clip-threshold step's file, for ``clip_score_top_fraction``.
+    ``manifest``: discover's (object or URI): the shards and their sizes, without a listing;
+    each shard's files are read whole, together, one request each."""
     import pyarrow.compute as pc
 
     stats = Stats()
     thresholds = thresholds.resolve_top(clip_threshold)
-    manifest = discover(dataset, count_records=False)
-    selected = manifest.select(shards)
+    selected = shards_of(dataset, manifest).select(shards)
     if path is not None:
         storage.makedirs(path)
+    folders = [annotations] if isinstance(annotations, str) else list(annotations or [])
 
     def one(s: Shard) -> dict[str, Any]:
-        base = parquet.read_table(s.parquet, s.stem, size=s.parquet_bytes)
-        folders = [annotations] if isinstance(annotations, str) else list(annotations or [])
+        urls = [storage.join(folder, f"{s.stem}.parquet") for folder in folders]
+        wants = [parquet.Want(s.parquet, s.stem, size=s.parquet_bytes)]
+        wants += [parquet.Want(url, s.stem) for url in urls]
+        base, *reads = parquet.load_many(wants, missing_ok=True)
+        if base is None:
+            raise ShardError(s.stem, f"{s.parquet} does not exist")
         anns = []
-        for folder in folders:
-            ann_url = storage.join(folder, f"{s.stem}.parquet")
-            if not storage.exists(ann_url):
-                raise ShardError(s.stem, f"annotations {ann_url} do not exist")
-            anns.append(parquet.read_table(ann_url, s.stem))
+        for url, read in zip(urls, reads, strict=True):
+            if read is None:
+                raise ShardError(s.stem, f"annotations {url} do not exist")
+            anns.append(read.table)
         ann = anns if anns else None
         counts: Funnel = {}
         table = merge_shard(
-            base, ann, id_col=id_col, shard=s.stem, columns=columns,
+            base.table, ann, id_col=id_col, shard=s.stem, columns=columns,
             thresholds=thresholds, filter_column=filter_column, counts=counts,
         )  # fmt: skip
         dest = storage.join(path, f"{s.stem}.parquet") if path is not None else s.parquet

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from airflow_curator.core import layout
-from airflow_curator.core.dataset.discovery import Shard, discover
+from airflow_curator.core.dataset.discovery import Manifest, Shard, shards_of
 from airflow_curator.core.dedup import store
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
@@ -47,13 +47,12 @@ def tar_hashes(shard: Shard) -> tuple[list[str], list[bytes]]:
 
 def parquet_hashes(shard: Shard, id_col: str) -> tuple[list[str], list[bytes]] | None:
     """Ids and digests from the shard's ``sha256`` column, or None when it has none."""
-    with parquet.open_parquet(shard.parquet, shard.stem, size=shard.parquet_bytes) as pf:
-        if SHA_COLUMN not in pf.schema_arrow.names:
-            return None
-        wanted = [id_col, SHA_COLUMN]
-        table = pf.read(
-            columns=parquet.columns_of(pf.schema_arrow, shard.parquet, shard.stem, wanted)
-        )
+    read = parquet.load(
+        shard.parquet, shard.stem, [id_col], optional=(SHA_COLUMN,), size=shard.parquet_bytes
+    )
+    if SHA_COLUMN not in read.schema.names:
+        return None
+    table = read.table
     ids, digests = [], []
     for rid, hexdigest in zip(
         table.column(id_col).to_pylist(), table.column(SHA_COLUMN).to_pylist()
@@ -79,9 +78,11 @@ def aesthetic_of(annotations: str, shard: str, id_col: str, ids: list[str]) -> M
 
     out = np.full(len(ids), np.nan, dtype=np.float32)
     url = storage.join(annotations, f"{shard}.parquet")
-    if not storage.exists(url):
+    want = parquet.Want(url, shard, [], optional=(id_col, store.AESTHETIC))
+    read = next(parquet.load_many([want], missing_ok=True))
+    if read is None:
         return out
-    table = parquet.read_table(url, shard, [], optional=(id_col, store.AESTHETIC))
+    table = read.table
     if table.num_columns < 2:
         return out
     score = dict(zip(table.column(id_col).to_pylist(), table.column(store.AESTHETIC).to_pylist()))
@@ -100,14 +101,16 @@ def hash_shards(
     id_col: str = "key",
     annotations: str | None = None,
     source: str = "auto",
+    manifest: Manifest | str | None = None,
 ) -> Result:
-    """Write ``hash/NNNNN.parquet`` for the selected shards of the dataset."""
+    """Write ``hash/NNNNN.parquet`` for the selected shards of the dataset (``manifest``:
+    discover's, object or URI, so no listing)."""
     import pyarrow as pa
 
     if source not in SOURCES:
         raise UsageError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
     stats = Stats()
-    selected = discover(dataset, count_records=False, on_invalid="skip").select(shards)
+    selected = shards_of(dataset, manifest, on_invalid="skip").select(shards)
     annotations = annotations or layout.annotations_url(output)
     progress = Progress("dedup-hash", len(selected), logger=logger)
     per_shard: list[Result] = []

@@ -1,8 +1,12 @@
 """The one Parquet layer: every Parquet the pipeline reads or writes goes through here.
 
-Reading takes the columns a step needs, checks they are there, and uses the object's size when
-the caller knows it from the manifest: a small object is fetched whole in one request, a larger
-one by ranged reads (its footer, then the column chunks) without a lookup of its size first.
+Reading takes the columns a step needs, checks they are there, and costs few requests on an
+object store, whatever pyarrow would do on its own (a plain remote ``pq.read_table`` costs about
+11): a whole object in one request when all of it is wanted or it is small (its size from the
+manifest); otherwise its footer in one ranged request (a positional range when the size is known,
+else a suffix whose answer tells the size), then the chosen columns' chunks in merged ranges, all
+in flight at once. ``load_many`` does that for a batch of files together (hundreds of requests
+in flight), ``load`` and ``read_table`` for one.
 Writing has one set of writer settings, so the same table always gives the same bytes: zstd,
 statistics and dictionaries for ordinary columns; bulky float vectors (embeddings) stored plain,
 since they do not compress; row groups as the caller cuts them; schema metadata only as given.
@@ -18,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.errors import DataError, ShardError, TransientError
 from airflow_curator.core.io import storage
+from airflow_curator.core.io.ranges import Got, Span, read_spans
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,28 +37,83 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WHOLE = 8 << 20  # objects up to this size are fetched in one request when their size is known
+TAIL = 64 << 10  # the footer read: what pyarrow itself reads first
+GAP = 1 << 20  # column chunks closer than this are read as one range
+WINDOW = 256  # files per batch of ``load_many``: their requests are in flight together
+MAGIC = b"PAR1"
 
 
 def _fault(shard: str | None, reason: str) -> DataError:
     return ShardError(shard, reason) if shard is not None else DataError(reason)
 
 
-class _Guarded:
-    """A remote file whose storage failures become ``TransientError`` naming its URI. pyarrow
-    re-raises a Python file's own exception, so the contract survives its reads."""
+@dataclass(frozen=True)
+class Want:
+    """One Parquet read: ``columns`` (None: all) plus those of ``optional`` the file has;
+    ``size`` from the manifest when known."""
 
-    def __init__(self, f: IO[bytes], url: str) -> None:
-        self._f, self._url = f, url
+    url: str
+    shard: str | None
+    columns: Sequence[str] | None = None
+    optional: tuple[str, ...] = ()
+    size: int | None = None
+
+
+@dataclass
+class Loaded:
+    """A read's table, the whole file's Arrow schema (its metadata included) and its size."""
+
+    table: pa.Table
+    schema: pa.Schema
+    size: int | None
+
+
+class Pieces:
+    """A read-only file of ``size`` bytes of which some ranges were fetched: what pyarrow reads
+    a remote file through. A read outside them is fetched (one ranged request) and logged."""
+
+    def __init__(self, url: str, size: int, pieces: list[tuple[int, bytes]]) -> None:
+        self.url, self.size, self.pos = url, size, 0
+        self.pieces = sorted(pieces)
+        self.closed = False
+
+    def add(self, start: int, data: bytes) -> None:
+        """Another fetched range; one that meets or overlaps a piece is joined to it, so a
+        read across both is served whole."""
+        for k, (at, old) in enumerate(self.pieces):
+            if start <= at + len(old) and at <= start + len(data):
+                lo = min(at, start)
+                buf = bytearray(max(at + len(old), start + len(data)) - lo)
+                buf[at - lo : at - lo + len(old)] = old
+                buf[start - lo : start - lo + len(data)] = data
+                del self.pieces[k]
+                self.add(lo, bytes(buf))
+                return
+        self.pieces.append((start, data))
+        self.pieces.sort()
+
+    @property
+    def whole(self) -> bool:
+        (at, data), *rest = self.pieces
+        return not rest and at == 0 and len(data) == self.size
 
     def read(self, n: int = -1) -> bytes:
-        with storage.reading(self._url):
-            return self._f.read(n)
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        start, self.pos = self.pos, end
+        for at, data in self.pieces:
+            if at <= start and end <= at + len(data):
+                return data[start - at : end - at]
+        logger.debug("%s: bytes %d-%d not fetched ahead: one more request", self.url, start, end)
+        data = read_spans([Span(self.url, start, end)])[0].data  # type: ignore[union-attr]
+        self.add(start, data)
+        return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
+        self.pos = offset + (0, self.pos, self.size)[whence]
+        return self.pos
 
     def tell(self) -> int:
-        return self._f.tell()
+        return self.pos
 
     def readable(self) -> bool:
         return True
@@ -60,34 +121,35 @@ class _Guarded:
     def seekable(self) -> bool:
         return True
 
-    @property
-    def closed(self) -> bool:
-        return self._f.closed
-
     def close(self) -> None:
-        self._f.close()
+        self.closed = True
+
+
+def _parquet_file(source: Any, url: str, shard: str | None) -> pq.ParquetFile:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(source)
+    except (TransientError, DataError, FileNotFoundError):
+        raise
+    except (pa.ArrowException, OSError) as e:  # remote storage failures were raised above
+        raise _fault(shard, f"{url} is not readable Parquet: {e}") from e
 
 
 @contextlib.contextmanager
-def _source(url: str, size: int | None) -> Iterator[str | pa.NativeFile | _Guarded]:
-    """What pyarrow reads: a local path, the whole small object, or a guarded remote file."""
-    if storage.is_local(url):
-        yield storage.local_path(url)
-        return
+def _guarded(url: str, shard: str | None) -> Iterator[None]:
+    """pyarrow's errors inside are the file's fault, named as such."""
     import pyarrow as pa
 
-    fs, path = storage.fs_and_path(url)
-    if size is not None and size <= WHOLE:
-        with storage.reading(url):
-            data = fs.cat_file(path)
-        yield pa.BufferReader(data)
-        return
-    with storage.reading(url):
-        f = fs.open(path, "rb", size=size, cache_type="none")
     try:
-        yield _Guarded(f, url)
-    finally:
-        f.close()
+        yield
+    except FileNotFoundError:
+        raise _fault(shard, f"{url} does not exist") from None
+    except (TransientError, DataError):
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise _fault(shard, f"{url} is not readable Parquet: {e}") from e
 
 
 @contextlib.contextmanager
@@ -95,19 +157,185 @@ def open_parquet(
     url: str, shard: str | None, *, size: int | None = None
 ) -> Iterator[pq.ParquetFile]:
     """A ``pyarrow.parquet.ParquetFile`` (its footer read) for schema, metadata and row-group
-    reads. Inside the block, pyarrow's errors are the file's fault, named as such."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    reads: a local file, or a remote one whose footer came in one request and whose other
+    ranges are fetched as pyarrow asks (``load`` fetches the chosen columns in one go)."""
+    if storage.is_local(url):
+        with _guarded(url, shard):
+            pf = _parquet_file(storage.local_path(url), url, shard)
+            yield pf
+        return
+    (file,) = _tails([Want(url, shard, size=size)], small=WHOLE)
+    assert file is not None
+    with _guarded(url, shard):
+        yield _parquet_file(file, url, shard)
 
-    try:
-        with _source(url, size) as source:
-            yield pq.ParquetFile(source)
-    except FileNotFoundError:
-        raise _fault(shard, f"{url} does not exist") from None
-    except (TransientError, DataError):
-        raise
-    except (pa.ArrowException, OSError) as e:  # remote storage failures were raised above
-        raise _fault(shard, f"{url} is not readable Parquet: {e}") from e
+
+def _tails(
+    wants: Sequence[Want], *, small: int, all_whole: bool = False, missing_ok: bool = False
+) -> list[Pieces | None]:
+    """Each remote file with its footer fetched, or all of it (when its size is known to be at
+    most ``small``, or all its columns are wanted and ``all_whole``), in one batch of requests,
+    plus one more for the footers longer than the first read."""
+    spans = []
+    for w in wants:
+        whole = (all_whole and w.columns is None) or (w.size is not None and w.size <= small)
+        spans.append(Span(w.url) if whole else Span.tail(w.url, TAIL, w.size))
+    got = read_spans(spans, missing_ok=True)
+    files: list[Pieces | None] = []
+    more: list[tuple[int, Span]] = []
+    for i, (w, span, g) in enumerate(zip(wants, spans, got, strict=True)):
+        if g is None:
+            if not missing_ok:
+                raise _fault(w.shard, f"{w.url} does not exist")
+            files.append(None)
+            continue
+        size = w.size if w.size is not None else g.size
+        if size is None:
+            size = len(g.data) if span.start is None else storage.size(w.url)
+        start = 0 if span.start is None else size - len(g.data)
+        files.append(Pieces(w.url, size, [(start, g.data)]))
+        need = _footer_length(g, w) + 8
+        if start > 0 and need > len(g.data):
+            more.append((i, Span(w.url, max(0, size - need), start)))
+    for (i, span), g2 in zip(more, read_spans([s for _, s in more]), strict=True):
+        file = files[i]
+        assert file is not None and g2 is not None and span.start is not None
+        file.add(span.start, g2.data)
+    return files
+
+
+def _footer_length(got: Got, want: Want) -> int:
+    data = got.data
+    if len(data) < 12 or data[-4:] != MAGIC:
+        raise _fault(want.shard, f"{want.url} is not readable Parquet: no Parquet footer")
+    return int.from_bytes(data[-8:-4], "little")
+
+
+def _chunk_ranges(pf: pq.ParquetFile, columns: list[str] | None) -> list[tuple[int, int]]:
+    """The byte ranges of the chosen top-level columns' chunks, merged across small gaps."""
+    md = pf.metadata
+    leaves = [
+        j
+        for j in range(md.num_columns)
+        if columns is None or md.schema.column(j).path.split(".")[0] in columns
+    ]
+    spans = []
+    for r in range(md.num_row_groups):
+        group = md.row_group(r)
+        for j in leaves:
+            chunk = group.column(j)
+            start = chunk.data_page_offset
+            if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
+                start = chunk.dictionary_page_offset
+            spans.append((start, start + chunk.total_compressed_size + 100))  # pyarrow's pad
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start - merged[-1][1] <= GAP:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def load_many(
+    wants: Iterable[Want], *, missing_ok: bool = False, window: int = WINDOW
+) -> Iterator[Loaded | None]:
+    """The reads, in order, a window of files at a time: per window one batch of footer (or
+    whole-object) requests and one of column-chunk requests, all in flight together. A missing
+    file is a ``ShardError`` (None with ``missing_ok``)."""
+    batch: list[Want] = []
+    for w in wants:
+        batch.append(w)
+        if len(batch) >= window:
+            yield from _load_window(batch, missing_ok)
+            batch = []
+    if batch:
+        yield from _load_window(batch, missing_ok)
+
+
+def _load_window(wants: list[Want], missing_ok: bool) -> list[Loaded | None]:
+    out: list[Loaded | None] = [None] * len(wants)
+    remote = [i for i, w in enumerate(wants) if not storage.is_local(w.url)]
+    for i, w in enumerate(wants):
+        if i not in remote:
+            out[i] = _load_local(w, missing_ok)
+    files = _tails([wants[i] for i in remote], small=WHOLE, all_whole=True, missing_ok=missing_ok)
+    opened: list[tuple[int, Pieces, pq.ParquetFile, list[str] | None]] = []
+    spans: list[tuple[Pieces, Span]] = []
+    for i, file in zip(remote, files, strict=True):
+        if file is None:
+            continue
+        w = wants[i]
+        with _guarded(w.url, w.shard):
+            pf = _parquet_file(file, w.url, w.shard)
+        columns = _columns(pf.schema_arrow, w)
+        opened.append((i, file, pf, columns))
+        if file.whole:
+            continue
+        spans += [(file, Span(w.url, a, b)) for a, b in _chunk_ranges(pf, columns)]
+    for (file, span), got in zip(spans, read_spans([s for _, s in spans]), strict=True):
+        assert got is not None and span.start is not None
+        file.add(span.start, got.data)
+    for i, file, pf, columns in opened:
+        w = wants[i]
+        with _guarded(w.url, w.shard):
+            table = pf.read(columns=columns)
+        out[i] = Loaded(table, pf.schema_arrow, file.size)
+    return out
+
+
+def _load_local(w: Want, missing_ok: bool) -> Loaded | None:
+    import os
+
+    path = storage.local_path(w.url)
+    if missing_ok and not os.path.isfile(path):
+        return None
+    with _guarded(w.url, w.shard):
+        pf = _parquet_file(path, w.url, w.shard)
+        columns = _columns(pf.schema_arrow, w)
+        return Loaded(pf.read(columns=columns), pf.schema_arrow, os.path.getsize(path))
+
+
+def _columns(schema: pa.Schema, w: Want) -> list[str] | None:
+    if w.columns is None:
+        return None
+    return columns_of(schema, w.url, w.shard, list(w.columns), w.optional)
+
+
+def load(
+    url: str,
+    shard: str | None,
+    columns: Sequence[str] | None = None,
+    *,
+    optional: tuple[str, ...] = (),
+    size: int | None = None,
+) -> Loaded:
+    """One read (see ``load_many``)."""
+    got = next(load_many([Want(url, shard, columns, optional, size)]))
+    assert got is not None
+    return got
+
+
+def footers(wants: Iterable[Want], *, window: int = 4 * WINDOW) -> Iterator[pq.FileMetaData]:
+    """The files' footers (schema, row counts), in order: one request per file, a window of
+    files in flight at once."""
+    batch: list[Want] = []
+
+    def flush() -> Iterator[pq.FileMetaData]:
+        remote = [w for w in batch if not storage.is_local(w.url)]
+        files = iter(_tails(remote, small=TAIL))
+        for w in batch:
+            source: Any = storage.local_path(w.url) if storage.is_local(w.url) else next(files)
+            with _guarded(w.url, w.shard):
+                yield _parquet_file(source, w.url, w.shard).metadata
+
+    for w in wants:
+        batch.append(Want(w.url, w.shard, (), size=w.size))
+        if len(batch) >= window:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
 
 
 def columns_of(
@@ -129,27 +357,22 @@ def columns_of(
 def read_table(
     url: str,
     shard: str | None,
-    columns: list[str] | None = None,
+    columns: Sequence[str] | None = None,
     *,
     optional: tuple[str, ...] = (),
     size: int | None = None,
 ) -> pa.Table:
     """The file (or its ``columns``, plus those of ``optional`` it has) as a Table."""
-    with open_parquet(url, shard, size=size) as pf:
-        if columns is not None:
-            columns = columns_of(pf.schema_arrow, url, shard, columns, optional)
-        return pf.read(columns=columns)
+    return load(url, shard, columns, optional=optional, size=size).table
 
 
 def read_schema(url: str, shard: str | None, *, size: int | None = None) -> pa.Schema:
     """The file's Arrow schema (its metadata included), from the footer alone."""
-    with open_parquet(url, shard, size=size) as pf:
-        return pf.schema_arrow
+    return next(footers([Want(url, shard, size=size)])).schema.to_arrow_schema()
 
 
 def num_rows(url: str, shard: str | None, *, size: int | None = None) -> int:
-    with open_parquet(url, shard, size=size) as pf:
-        return int(pf.metadata.num_rows)
+    return int(next(footers([Want(url, shard, size=size)])).num_rows)
 
 
 def _bulky(field: pa.Field) -> bool:

@@ -1,12 +1,20 @@
 """Storage on any fsspec URL: one listing, range reads, and writes that never leave half files.
 
-Local paths are written to a hidden temporary name in the same folder, fsynced and renamed.
-Object stores get a single-object put of a finished local temporary file, which is atomic there.
+Local files are written unnamed (``O_TMPFILE``; a hidden temporary name where the file system
+has none), flushed, and linked under their name by one rename: a killed writer leaves nothing
+behind but, in the instant between link and rename, a hidden temporary that discovery and commit
+sweep. Object stores are written the way they are atomic: bytes in memory as one request (a
+single-object put), a stream as a resumable upload that is finalised only when whole (one request
+per chunk, no local copy); other fsspec filesystems from a local spool file that the next run
+removes if a killed process left it. ``gs://`` goes through ``gcs`` (the gcsfs flag handling).
+Every remote call's storage failure becomes ``TransientError`` naming the URI (``reading``).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -23,7 +31,10 @@ from airflow_curator.core.errors import TransientError
 logger = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
-Reader = io.FileIO | io.BufferedIOBase  # what open_read gives: read, readinto, seek
+SPOOL = "airflow-curator-spool"  # local spool folders, <pid>-<random>, under the temp folder
+STREAMED = frozenset({"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss"})  # atomic uploads
+UPLOAD_BLOCK = 32 << 20  # a streamed upload's chunk: one request each (a multiple of 256 KiB)
+Reader = io.RawIOBase | io.BufferedIOBase  # what open_read gives: read, readinto, seek
 # Exceptions (by defining module and name, so nothing is imported to test for them) that mean
 # the storage or the network failed, not the request or the data: retrying may help.
 UNAVAILABLE = frozenset(
@@ -99,9 +110,17 @@ def reading(url: str, action: str = "reading") -> Iterator[None]:
 
 
 def fs_and_path(url: str) -> tuple[Any, str]:
+    if protocol(url) in ("gs", "gcs"):
+        from airflow_curator.core.io import gcs
+
+        return gcs.filesystem(url)
     import fsspec.core
 
     return fsspec.core.url_to_fs(url)
+
+
+def protocol(url: str) -> str:
+    return url.partition("://")[0] if "://" in url else "file"
 
 
 def is_local(url: str) -> bool:
@@ -155,7 +174,9 @@ def list_files(url: str, *, missing_ok: bool = False) -> list[Entry]:
         return sorted(entries, key=lambda e: e.name)
     fs, path = fs_and_path(url)
     entries = []
-    for info in fs.ls(path, detail=True):
+    with reading(url, "listing"):
+        infos = fs.ls(path, detail=True, refresh=True)
+    for info in infos:
         if info.get("type") != "file":
             continue
         name = posixpath.basename(info["name"].rstrip("/"))
@@ -178,46 +199,141 @@ def list_folders(url: str) -> list[str]:
     )
 
 
-def open_read(url: str, block_size: int = 8 << 20) -> Reader:
-    """A binary file to read: unbuffered locally (callers read in large chunks), read ahead
-    in ``block_size`` blocks elsewhere."""
+def open_read(url: str, block_size: int = 32 << 20, size: int | None = None) -> Reader:
+    """A file to read sequentially: unbuffered locally (callers read in large chunks);
+    elsewhere ``BlockReader``, one ranged request per ``block_size`` block (``size``, when the
+    manifest knows it, saves the one request that finds it out)."""
     if is_local(url):
         return open(local_path(url), "rb", buffering=0)
-    fs, path = fs_and_path(url)
-    return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+    return BlockReader(url, info(url)["size"] if size is None else size, block_size)
+
+
+class BlockReader(io.RawIOBase):
+    """A remote object read front to back: each block one ranged request (gcsfs's own file
+    asks for the object's metadata first, two more requests, on every open), a read larger
+    than a block one request of its own. Storage failures are ``TransientError`` naming the
+    URI, so a parser reading it (pyarrow's, the tar scanner) never blames the data for them."""
+
+    def __init__(self, url: str, size: int, block_size: int) -> None:
+        super().__init__()
+        self.url, self.size, self.block = url, size, max(1, block_size)
+        self.pos = 0
+        self.buf = memoryview(b"")
+        self.buf_start = 0
+
+    def _fetch(self, start: int, end: int) -> memoryview:
+        from airflow_curator.core.io.ranges import Span, read_span
+
+        return memoryview(read_span(Span(self.url, start, end)).data)
+
+    def read(self, n: int | None = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        if end <= self.pos:
+            return b""
+        off = self.pos - self.buf_start
+        if off >= 0 and end <= self.buf_start + len(self.buf):
+            data = bytes(self.buf[off : off + end - self.pos])
+        elif end - self.pos >= self.block:
+            data = bytes(self._fetch(self.pos, end))
+        else:
+            head = bytes(self.buf[off:]) if 0 <= off < len(self.buf) else b""
+            at = self.pos + len(head)
+            self.buf = self._fetch(at, min(self.size, at + self.block))
+            self.buf_start = at
+            data = head + bytes(self.buf[: end - at])
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset + (0, self.pos, self.size)[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.buf = memoryview(b"")
+        super().close()
 
 
 def read_bytes(url: str) -> bytes:
-    with open_read(url) as f:
-        return f.read()
+    """The whole file: one request on an object store."""
+    if is_local(url):
+        with open(local_path(url), "rb") as f:
+            return f.read()
+    from airflow_curator.core.io.ranges import Span, read_span
+
+    return read_span(Span(url)).data
 
 
 def read_range(url: str, start: int, end: int) -> bytes:
+    if is_local(url):
+        with open(local_path(url), "rb", buffering=0) as f:
+            return os.pread(f.fileno(), end - start, start)
+    from airflow_curator.core.io.ranges import Span, read_span
+
+    return read_span(Span(url, start, end)).data
+
+
+def info(url: str) -> dict[str, Any]:
+    """The object's metadata (size, and on object stores generation, etag, md5Hash...)."""
+    if is_local(url):
+        st = os.stat(local_path(url))
+        return {"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino, "type": "file"}
     fs, path = fs_and_path(url)
-    return fs.cat_file(path, start=start, end=end)
+    with reading(url):
+        if protocol(url) in ("gs", "gcs"):
+            from airflow_curator.core.io import gcs
+
+            return gcs.object_info(fs, path)
+        return dict(fs.info(path))
 
 
 def exists(url: str) -> bool:
+    """A file or a folder (on an object store: a prefix with objects) is there."""
     if is_local(url):
         return os.path.exists(local_path(url))
+    if is_file(url):
+        return True
     fs, path = fs_and_path(url)
-    return fs.exists(path)
+    with reading(url):
+        return bool(fs.exists(path))
+
+
+def is_file(url: str) -> bool:
+    """A file is there: on an object store one metadata request."""
+    if is_local(url):
+        return os.path.isfile(local_path(url))
+    try:
+        info(url)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def makedirs(url: str) -> None:
     if is_local(url):
         os.makedirs(local_path(url), exist_ok=True)
-    else:
+    elif protocol(url) not in STREAMED:  # object stores have no folders to make
         fs, path = fs_and_path(url)
-        fs.makedirs(path, exist_ok=True)
+        with reading(url, "writing"):
+            fs.makedirs(path, exist_ok=True)
 
 
 def size(url: str) -> int:
     """Bytes in a file; FileNotFoundError when there is none."""
-    if is_local(url):
-        return os.stat(local_path(url)).st_size
-    fs, path = fs_and_path(url)
-    return int(fs.size(path))
+    return int(info(url)["size"])
 
 
 def remove(url: str) -> None:
@@ -230,7 +346,7 @@ def remove(url: str) -> None:
                 os.remove(path)
         return
     fs, path = fs_and_path(url)
-    if fs.exists(path):
+    with reading(url, "removing"), contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
 
 
@@ -246,29 +362,159 @@ def atomic_writer(url: str, *, fsync: bool = True) -> Iterator[IO[bytes]]:
     ``fsync=False`` skips the flush to disk (still atomic against a crashed process); a caller
     that flushes later, e.g. reshard's commit via ``sync_file``, saves one disk wait per file."""
     if is_local(url):
-        final = local_path(url)
-        folder = os.path.dirname(final) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, tmp_name(os.path.basename(final)))
-        try:
-            with open(tmp, "wb") as f:
-                yield f
-                f.flush()
-                if fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, final)
-            if fsync:
-                _fsync_dir(folder)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with _local_writer(local_path(url), fsync) as f:
+            yield f
         return
     fs, path = fs_and_path(url)
-    with tempfile.NamedTemporaryFile(prefix="curator-", suffix=".part") as f:
-        yield f
-        f.flush()
-        fs.put_file(f.name, path)
+    if protocol(url) in STREAMED:
+        with _upload(fs, path, url) as f:
+            yield f
+        return
+    with spool() as folder:  # a filesystem whose writes are visible half-done: put it whole
+        part = os.path.join(folder, "upload.part")
+        with open(part, "wb") as f:
+            yield f
+        with reading(url, "writing"):
+            fs.put_file(part, path)
+
+
+@contextlib.contextmanager
+def _upload(fs: Any, path: str, url: str) -> Iterator[IO[bytes]]:
+    """An object-store upload, finalised on close only; on failure it is cancelled (nothing
+    appears) and a storage failure is ``TransientError`` naming the URI."""
+    with reading(url, "writing"):
+        f = fs.open(path, "wb", block_size=UPLOAD_BLOCK)
+    try:
+        yield _GuardedWriter(f, url)  # type: ignore[misc]
+        with reading(url, "writing"):
+            f.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.discard()  # cancels a resumable upload that has begun
+        f.closed = True  # and never let close() (or the garbage collector's) commit it
+        raise
+
+
+class _GuardedWriter:
+    def __init__(self, f: IO[bytes], url: str) -> None:
+        self._f, self._url = f, url
+
+    def write(self, data: Any) -> int:
+        with reading(self._url, "writing"):
+            return self._f.write(data)
+
+    def flush(self) -> None:
+        """Nothing: an upload sends whole chunks as they fill (fsspec's flush of a partial
+        chunk is a no-op too)."""
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def writable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _local_writer(final: str, fsync: bool) -> Iterator[IO[bytes]]:
+    folder = os.path.dirname(final) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd = _unnamed(folder)
+    tmp = os.path.join(folder, tmp_name(os.path.basename(final)))
+    try:
+        with open(fd if fd is not None else tmp, "wb") as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+            if fd is not None:  # give the unnamed file a name, then the final one atomically
+                _link(f.fileno(), tmp)
+        os.replace(tmp, final)
+        if fsync:
+            _fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _link(fd: int, path: str) -> None:
+    """``linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW)``: Python calls plain
+    ``link`` unless a directory descriptor is given (the source path is absolute: it is unused)."""
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
+
+
+def _unnamed(folder: str) -> int | None:
+    """A file descriptor of a new file without a name in ``folder`` (Linux ``O_TMPFILE``:
+    a killed writer leaves nothing), or None where the file system or the platform has none."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(folder, flag | os.O_WRONLY, 0o666)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def spool(prefix: str = "") -> Iterator[str]:
+    """A local scratch folder for this process (a remote tar copied for DALI, an upload for a
+    filesystem without atomic writes), removed on exit; one a killed process left behind is
+    removed by the next process that spools."""
+    root = os.path.join(tempfile.gettempdir(), SPOOL)
+    os.makedirs(root, exist_ok=True)
+    sweep_spools(root)
+    folder = tempfile.mkdtemp(prefix=f"{os.getpid()}-{prefix}", dir=root)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_spools(root: str) -> int:
+    """Remove spool folders of processes that are gone (killed before they could)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as it:
+        for d in it:
+            pid = d.name.partition("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(d.path, ignore_errors=True)
+                logger.info("removed %s, left by killed process %s", d.path, pid)
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def download(url: str, local: str) -> None:
+    """Copy ``url`` to the local path ``local`` atomically: one streamed request on an object
+    store, whatever the size."""
+    if is_local(url):
+        copy_file(url, local)
+        return
+    fs, path = fs_and_path(url)
+    folder = os.path.dirname(local) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, tmp_name(os.path.basename(local)))
+    try:
+        with reading(url):
+            fs.get_file(path, tmp)
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def temporary_target(name: str) -> str | None:
@@ -304,8 +550,43 @@ def _fsync_dir(folder: str) -> None:
 
 
 def write_bytes(url: str, data: bytes, *, fsync: bool = True) -> None:
-    with atomic_writer(url, fsync=fsync) as f:
-        f.write(data)
+    """Write ``data`` atomically: on an object store one request (below its 50 MB chunk)."""
+    if is_local(url) or protocol(url) not in STREAMED:
+        with atomic_writer(url, fsync=fsync) as f:
+            f.write(data)
+        return
+    fs, path = fs_and_path(url)
+    with reading(url, "writing"):
+        fs.pipe_file(path, data)
+
+
+def create_bytes(url: str, data: bytes) -> bool:
+    """Write ``data`` only if ``url`` does not exist yet, atomically against a concurrent
+    creator (``O_EXCL`` locally, a does-not-exist precondition on GCS); False when it exists."""
+    if is_local(url):
+        path = local_path(url)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    fs, path = fs_and_path(url)
+    try:
+        with reading(url, "writing"):
+            if protocol(url) in STREAMED:
+                fs.pipe_file(path, data, mode="create")
+            else:  # no precondition there: check, then write (a race is possible)
+                if fs.exists(path):
+                    return False
+                fs.pipe_file(path, data)
+    except FileExistsError:
+        return False
+    return True
 
 
 def sync_file(url: str) -> None:
@@ -322,10 +603,18 @@ def sync_file(url: str) -> None:
 
 
 def same_bytes(url: str, data: bytes) -> bool:
-    """Whether ``url`` exists and holds exactly ``data`` (so a rerun need not rewrite it)."""
+    """Whether ``url`` exists and holds exactly ``data`` (so a rerun need not rewrite it). On
+    an object store one metadata request: the size, then the stored MD5 when it has one."""
     try:
-        if size(url) != len(data):
-            return False
+        meta = info(url)
+    except FileNotFoundError:
+        return False
+    if int(meta.get("size") or 0) != len(data):
+        return False
+    md5 = meta.get("md5Hash")
+    if isinstance(md5, str) and md5:
+        return base64.b64decode(md5) == hashlib.md5(data, usedforsecurity=False).digest()
+    try:
         return read_bytes(url) == data
     except FileNotFoundError:
         return False

@@ -15,11 +15,10 @@ import hashlib
 import json
 import logging
 import posixpath
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_curator.core.dataset.discovery import Shard, discover
+from airflow_curator.core.dataset.discovery import Manifest, Shard, shards_of
 from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_ids
 from airflow_curator.core.errors import DataError, ShardError, UsageError
 from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
@@ -149,15 +148,18 @@ def check_apart(dataset: str, output: str) -> None:
         raise UsageError(f"output {output} is inside the input dataset {dataset}")
 
 
-def _read_input(
-    shard: Shard, meta_url: str, id_col: str, filter_column: str
-) -> tuple[pa.Schema, InputShard]:
-    """(the file's schema, the input's plan entry) from its id, filter and status columns."""
+def _want(shard: Shard, meta_url: str, id_col: str, filter_column: str) -> parquet.Want:
+    """The id, filter and status columns of the shard's metadata (its size known when it is
+    the dataset's own Parquet)."""
     size = shard.parquet_bytes if meta_url == shard.parquet else None
-    with parquet.open_parquet(meta_url, shard.stem, size=size) as pf:
-        schema = pf.schema_arrow
-        wanted = [id_col, filter_column]
-        table = pf.read(parquet.columns_of(schema, meta_url, shard.stem, wanted, (STATUS_COL,)))
+    return parquet.Want(meta_url, shard.stem, [id_col, filter_column], (STATUS_COL,), size)
+
+
+def _read_input(
+    shard: Shard, meta_url: str, id_col: str, filter_column: str, read: parquet.Loaded
+) -> tuple[Any, ...]:
+    """(the file's schema, the input's plan entry) from its id, filter and status columns."""
+    schema, table = read.schema, read.table
     ids = check_ids(table.column(id_col).to_pylist(), shard.stem, meta_url)
     rows, failed = kept_rows(table, filter_column, shard.stem, id_col)
     return schema, InputShard(
@@ -219,26 +221,24 @@ def make_plan(
     max_shards: int = 5,
     old_id_col: str | None = None,
     shards: str | None = None,
-    threads: int = 8,
+    manifest: Manifest | str | None = None,
 ) -> Plan:
-    """Read kept counts and schemas; fail before anything is written if the output can't fit."""
+    """Read kept counts and schemas; fail before anything is written if the output can't fit.
+    ``manifest``: discover's (object or URI), so no listing."""
     offset_digits(samples_per_shard)  # validates >= 1
     if max_shards < 1:
         raise UsageError(f"max_shards must be >= 1, got {max_shards}")
     check_apart(dataset, output)
     if old_id_col == id_col:
         raise UsageError(f"old_id_col must differ from the id column {id_col!r}")
-    manifest = discover(dataset, count_records=False)
-    selected = manifest.select(shards)
+    selected = shards_of(dataset, manifest).select(shards)
     meta_root = metadata or dataset
     metas = [storage.join(meta_root, f"{s.stem}.parquet") for s in selected]
-    with ThreadPoolExecutor(max(1, min(threads, len(selected)))) as pool:
-        read = list(
-            pool.map(
-                lambda sm: _read_input(sm[0], sm[1], id_col, filter_column),
-                zip(selected, metas, strict=True),
-            )
-        )
+    wants = [_want(s, m, id_col, filter_column) for s, m in zip(selected, metas, strict=True)]
+    read = [
+        _read_input(s, m, id_col, filter_column, loaded)  # type: ignore[arg-type]
+        for s, m, loaded in zip(selected, metas, parquet.load_many(wants), strict=True)
+    ]
     inputs = [r[1] for r in read]
     schema = output_schema([r[0] for r in read], id_col, old_id_col) if read else None
     kept = sum(i.kept for i in inputs)

@@ -157,12 +157,14 @@ def index_dataset(
     force: bool = False,
     verify: bool = False,
     workers: int = 0,
+    manifest: Any = None,
 ) -> Result:
-    """Index (or verify) the selected shards; fresh indexes are skipped unless ``force``."""
-    from airflow_curator.core.dataset.discovery import discover
+    """Index (or verify) the selected shards; fresh indexes are skipped unless ``force``.
+    ``manifest``: discover's (object or URI), so no listing."""
+    from airflow_curator.core.dataset.discovery import shards_of
 
     stats = Stats()
-    manifest = discover(dataset, count_records=False, on_invalid="skip")
+    manifest = shards_of(dataset, manifest, on_invalid="skip")
     selected = manifest.select(shards)
     tasks: list[tuple[str, str, str, int, str]] = []
     outcomes: list[IndexOutcome] = []

@@ -101,7 +101,7 @@ def iter_records(
 ) -> Iterator[Record]:
     """Stream the records of one tar; memory is one record at a time. ``source``: the URI
     errors name when ``tar_url`` is a local copy (the user knows the dataset's, not ours)."""
-    with storage.open_read(tar_url) as f:
+    with storage.open_read(tar_url, size=size) as f:
         scanner = TarScanner(f, size, source=source or tar_url)
         try:
             yield from group_records(scanner.members(with_data=with_data), shard, handler)

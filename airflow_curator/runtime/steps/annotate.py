@@ -17,6 +17,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.dataset(p)
+    options.manifest(p)
     options.output(p, "job output URI (annotations go to OUTPUT/_work/annotations)")
     options.shards(p)
     p.add_argument(
@@ -81,4 +82,4 @@ def run(args: argparse.Namespace) -> Result:
         torch_threads=args.torch_threads,
         decode_threads=args.decode_threads,
     )
-    return annotate_dataset(args.dataset, args.output, args.shards, options)
+    return annotate_dataset(args.dataset, args.output, args.shards, options, manifest=args.manifest)

@@ -15,6 +15,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.dataset(p)
+    options.manifest(p)
     options.output(p)
     options.shards(p)
     options.annotation_folder(
@@ -32,5 +33,5 @@ def run(args: argparse.Namespace) -> Result:
 
     return hash_shards(
         args.dataset, args.output, args.shards, id_col=args.id_col,
-        annotations=args.annotations, source=args.source,
+        annotations=args.annotations, source=args.source, manifest=args.manifest,
     )  # fmt: skip

@@ -13,6 +13,7 @@ HELP = "Write DALI index files (wds2idx v1.2) for shards that lack a fresh one, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.dataset(p)
+    options.manifest(p)
     options.shards(p)
     options.force(p, "rewrite indexes that look fresh")
     p.add_argument(
@@ -25,5 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     return index_dataset(
-        args.dataset, args.shards, force=args.force, verify=args.verify, workers=args.workers
+        args.dataset,
+        args.shards,
+        force=args.force,
+        verify=args.verify,
+        workers=args.workers,
+        manifest=args.manifest,
     )

@@ -15,6 +15,7 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.dataset(p)
+    options.manifest(p)
     p.add_argument(
         "--annotations",
         required=True,
@@ -61,4 +62,5 @@ def run(args: argparse.Namespace) -> Result:
         filter_column=args.filter_column,
         shards=args.shards,
         workers=args.workers,
+        manifest=args.manifest,
     )

@@ -1,0 +1,96 @@
+"""``gs://`` through gcsfs, without what an endpoint other than Google's would cost.
+
+gcsfs 2026.x turns its zonal and hierarchical-namespace bucket support on by default
+(``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``, read once when ``gcsfs`` is imported): ``gcsfs.
+GCSFileSystem`` is then ``ExtendedGcsFileSystem``, whose every open, read and upload first asks
+the Storage Control gRPC API for the bucket's layout (``_lookup_bucket_type``). Real GCS answers
+once per bucket and the answer is cached. An emulator or a proxy cannot answer: the call is
+retried for up to 60 s (``gcsfs.retry.DEFAULT_RETRY_CONFIG``), ends as ``UNKNOWN``, and UNKNOWN
+is never cached, so every call pays the minute again (measured against fake-gcs-server: 41-56 s
+for a 10 KB upload, read or open that takes 3-11 ms without it).
+
+So: with a custom endpoint (``STORAGE_EMULATOR_HOST``, or ``endpoint_url`` in fsspec's
+configuration, e.g. ``FSSPEC_GCS_ENDPOINT_URL``) and the variable not set by the user, our
+storage layer uses ``gcsfs.core.GCSFileSystem``, the plain JSON-API client; real GCS keeps
+gcsfs's default, and the variable set either way is obeyed. ``STORAGE_EMULATOR_HOST`` also means
+anonymous credentials unless a token is configured, as Google's own client libraries do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("gs", "gcs")
+FLAG = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+EMULATOR = "STORAGE_EMULATOR_HOST"
+
+
+def config() -> dict[str, Any]:
+    """fsspec's configured options for ``gs``/``gcs`` (files, ``FSSPEC_GCS_*`` variables)."""
+    import fsspec.config
+
+    options: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        options.update(fsspec.config.conf.get(protocol, {}))
+    return options
+
+
+def custom_endpoint(options: dict[str, Any] | None = None) -> str | None:
+    """The endpoint when it is not Google's: an emulator's or an ``endpoint_url``."""
+    options = config() if options is None else options
+    emulator = os.environ.get(EMULATOR, "")
+    if emulator not in ("", "default"):
+        return emulator
+    return options.get("endpoint_url") or None
+
+
+def plain_client_wanted(options: dict[str, Any] | None = None) -> bool:
+    """Whether to skip gcsfs's zonal/HNS layer: a custom endpoint and the flag left unset."""
+    flag = os.environ.get(FLAG)
+    if flag is not None:
+        return flag.strip().lower() not in ("true", "1")
+    return custom_endpoint(options) is not None
+
+
+class _OneLineRetries(logging.Filter):
+    """gcsfs logs a traceback when a request runs out of retries; the step then fails with one
+    line naming the URI (``TransientError``), so the traceback is only noise in the task log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "out of retries" in str(record.msg):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_QUIET = _OneLineRetries()
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The gcsfs filesystem and bucket path for a ``gs://`` URL (fsspec's instance cache
+    applies: one client, one connection pool and one event loop per process)."""
+    import fsspec.core
+
+    logging.getLogger("gcsfs").addFilter(_QUIET)  # a set: adding twice is adding once
+    options = config()
+    if EMULATOR in os.environ and "token" not in options:
+        options["token"] = "anon"  # an emulator takes no credentials (Google's clients agree)
+    if not plain_client_wanted(options):
+        return fsspec.core.url_to_fs(url, **options)
+    from gcsfs.core import GCSFileSystem
+
+    fs = GCSFileSystem(**options)
+    return fs, GCSFileSystem._strip_protocol(url)
+
+
+def object_info(fs: Any, path: str) -> dict[str, Any]:
+    """One object's metadata in one request (gcsfs's ``info`` also lists the name as a folder,
+    concurrently: two requests), ``size`` as an int; FileNotFoundError when there is none."""
+    bucket, key, _ = fs.split_path(path)
+    meta = dict(fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True))
+    meta["size"] = int(meta.get("size") or 0)
+    return meta
