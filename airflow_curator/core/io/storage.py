@@ -350,6 +350,33 @@ def remove(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def remove_file(url: str) -> bool:
+    """Remove one file (one request on an object store); False when there was none."""
+    if is_local(url):
+        try:
+            os.remove(local_path(url))
+        except FileNotFoundError:
+            return False
+        return True
+    fs, path = fs_and_path(url)
+    try:
+        with reading(url, "removing"):
+            fs.rm_file(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_many(urls: list[str], *, missing_ok: bool = False) -> list[bytes | None]:
+    """Whole small files, all requested at once (one request each)."""
+    from airflow_curator.core.io.ranges import Span, read_spans
+
+    return [
+        None if g is None else g.data
+        for g in read_spans([Span(u) for u in urls], missing_ok=missing_ok)
+    ]
+
+
 def tmp_name(final_name: str) -> str:
     """Hidden temporary sibling name; discovery ignores it and commit sweeps leftovers."""
     return f".{final_name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -35,13 +35,6 @@ from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM
 logger = logging.getLogger(__name__)
 
 
-def _read_marker(url: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(storage.read_bytes(url))
-    except FileNotFoundError:
-        return None
-
-
 def _file_sha256(url: str) -> str:
     h = hashlib.sha256()
     with storage.open_read(url) as f:
@@ -50,12 +43,21 @@ def _file_sha256(url: str) -> str:
     return h.hexdigest()
 
 
-def check_outputs(plan: Plan, verify_hashes: bool = False, threads: int = 16) -> list[dict]:
-    """The markers of all planned outputs, checked against the plan and the folder listing."""
-    listing = {e.name: e for e in storage.list_files(plan.output, missing_ok=True)}
+def check_outputs(
+    plan: Plan,
+    verify_hashes: bool = False,
+    threads: int = 16,
+    entries: list[storage.Entry] | None = None,
+) -> list[dict]:
+    """The markers of all planned outputs (read together, one request each), checked against
+    the plan and the output folder's listing (``entries``, or one listing now)."""
+    if entries is None:
+        entries = storage.list_files(plan.output, missing_ok=True)
+    listing = {e.name: e for e in entries}
     urls = [marker_url(plan.output, o.name) for o in plan.outputs]
-    with ThreadPoolExecutor(max(1, min(threads, len(urls)))) as pool:
-        markers = list(pool.map(_read_marker, urls))
+    markers = [
+        None if raw is None else json.loads(raw) for raw in storage.read_many(urls, missing_ok=True)
+    ]
     missing = [o.name for o, m in zip(plan.outputs, markers, strict=True) if m is None]
     if missing:
         raise UsageError(
@@ -94,11 +96,14 @@ def check_outputs(plan: Plan, verify_hashes: bool = False, threads: int = 16) ->
     return checked
 
 
-def leftovers(plan: Plan) -> list[str]:
-    """URLs the plan does not account for: temporaries, stale shard files and markers."""
+def leftovers(plan: Plan, entries: list[storage.Entry] | None = None) -> list[str]:
+    """URLs the plan does not account for: temporaries, stale shard files and markers
+    (``entries``: the output folder's listing, or one listing now)."""
     expected = {f"{o.name}.{ext}" for o in plan.outputs for ext in SHARD_EXTS}
     stale: list[str] = []
-    for e in storage.list_files(plan.output, missing_ok=True):
+    if entries is None:
+        entries = storage.list_files(plan.output, missing_ok=True)
+    for e in entries:
         stem, _, ext = e.name.partition(".")
         if storage.TMP_MARK in e.name or (
             ext in SHARD_EXTS and SHARD_STEM.match(stem) and e.name not in expected
@@ -157,11 +162,12 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     ``sync=False`` skips the flush to disk of local outputs (for scratch data only)."""
     stats = Stats()
     plan = load_plan(plan_url)
-    markers = check_outputs(plan, verify_hashes)
-    removed = leftovers(plan)
+    entries = storage.list_files(plan.output, missing_ok=True)  # one listing for both
+    markers = check_outputs(plan, verify_hashes, entries=entries)
+    removed = leftovers(plan, entries)
     for url in removed:
         logger.info("removing leftover %s", url)
-        storage.remove(url)
+        storage.remove_file(url)
     storage.makedirs(plan.output)
     if sync:
         sync_outputs(plan)
@@ -171,7 +177,7 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     sizes = sizes_json(markers).encode()
     success = storage.join(plan.output, SUCCESS)
     if (
-        storage.exists(success)
+        storage.is_file(success)
         and storage.same_bytes(manifest_url, manifest)
         and storage.same_bytes(sizes_url, sizes)
     ):

@@ -297,9 +297,8 @@ def plan_reshard(
         logger.info("plan %s is unchanged", url)
     else:
         success = storage.join(output, SUCCESS)
-        if storage.exists(success):
-            logger.info("removing %s: the output is being rewritten", success)
-            storage.remove(success)
+        if storage.remove_file(success):
+            logger.info("removed %s: the output is being rewritten", success)
         storage.write_bytes(url, text)
     kept = plan.records
     total = sum(i.rows for i in plan.inputs)
