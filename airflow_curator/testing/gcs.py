@@ -138,6 +138,14 @@ class Emulator:
         with urllib.request.urlopen(req, timeout=10):
             pass
 
+    def new_bucket(self, hint: str = "test") -> str:
+        """A fresh bucket named after ``hint`` (tests sharing the emulator each take their
+        own): its ``gs://`` URL."""
+        name = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:48] or "test"
+        name = f"{name}-{os.urandom(4).hex()}"
+        self.create_bucket(name)
+        return f"gs://{name}"
+
     # -- the access log ---------------------------------------------------------------------
 
     def mark(self) -> int:

@@ -77,7 +77,8 @@ def read_spans(
             out[i] = r
     for i, r in enumerate(out):
         if isinstance(r, BaseException):
-            out[i] = _settle(r, spans[i].url, missing_ok, action)
+            _settle(r, spans[i].url, missing_ok, action)
+            out[i] = None
     return out
 
 
@@ -88,13 +89,13 @@ def read_span(span: Span, *, action: str = "reading") -> Got:
 
 
 def _settle(error: BaseException, url: str, missing_ok: bool, action: str) -> None:
-    """Raise ``error`` the contract's way (``None`` for a missing object with ``missing_ok``)."""
+    """Raise ``error`` the contract's way (return for a missing object with ``missing_ok``)."""
     reason = storage.unavailable(error)
     if reason is not None:
         raise TransientError(url, reason, action) from error
     if isinstance(error, FileNotFoundError):
         if missing_ok:
-            return None
+            return
         raise FileNotFoundError(errno.ENOENT, "no such object", url) from None
     raise error
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import storage

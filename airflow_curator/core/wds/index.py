@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import as_completed
 from dataclasses import dataclass
+from typing import Any
 
 from airflow_curator.core.errors import ShardError
 from airflow_curator.core.io import storage
