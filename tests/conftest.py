@@ -51,3 +51,28 @@ def curation(tmp_path_factory):
     result = curate(str(tmp_path_factory.mktemp("deployment")))
     yield result
     result.deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """One fake-gcs-server for the session (its access log counts requests); ``gs://`` in this
+    process and the CLI processes it starts reaches it through STORAGE_EMULATOR_HOST. Tests
+    each create their own bucket (``gcs_bucket``)."""
+    from airflow_curator.testing.gcs import Emulator
+
+    emulator = Emulator(str(tmp_path_factory.mktemp("fake-gcs"))).start()
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    yield emulator
+    emulator.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request):
+    """A fresh bucket on the session's emulator: its ``gs://`` URL."""
+    return gcs_emulator.new_bucket(request.node.name)

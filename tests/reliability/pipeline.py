@@ -20,15 +20,23 @@ def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def steps(root: Path, models: dict) -> dict[str, list[str]]:
     """argv of every step, in job order, for a run over ``root/in`` into ``root/out``."""
-    ds, out = str(root / "in"), str(root / "out")
+    return job(str(root / "in"), str(root / "out"), models)
+
+
+def job(ds: str, out: str, models: dict) -> dict[str, list[str]]:
+    """argv of every step, in job order, for a run over the dataset ``ds`` into ``out`` (local
+    paths or URIs); the steps after discover read its manifest, as the DAG's tasks do."""
     work = f"{out}/_work"
+    manifest = f"{work}/manifest.json"
     return {
-        "discover": ["discover", "--dataset", ds, "--manifest", f"{work}/manifest.json"],
-        "index": ["index", "--dataset", ds],
+        "discover": ["discover", "--dataset", ds, "--manifest", manifest],
+        "index": ["index", "--dataset", ds, "--manifest", manifest],
         "annotate": [
             "annotate",
             "--dataset",
             ds,
+            "--manifest",
+            manifest,
             "--output",
             out,
             "--model",
@@ -48,6 +56,8 @@ def steps(root: Path, models: dict) -> dict[str, list[str]]:
             "save-metadata",
             "--dataset",
             ds,
+            "--manifest",
+            manifest,
             "--annotations",
             f"{work}/annotations",
             "--path",
@@ -59,6 +69,8 @@ def steps(root: Path, models: dict) -> dict[str, list[str]]:
             "plan-reshard",
             "--dataset",
             ds,
+            "--manifest",
+            manifest,
             "--output",
             out,
             "--metadata",

@@ -254,7 +254,7 @@ class Annotator:
             tar = storage.local_path(shard.tar)
             if not storage.is_local(shard.tar):
                 tar = os.path.join(tmp, f"{shard.stem}.tar")
-                storage.download(shard.tar, tar)
+                storage.download(shard.tar, tar, shard.tar_bytes)
             assert shard.parquet is not None  # discovery pairs every shard with its Parquet
             pq_ids, failed = read_shard_ids(
                 shard.parquet, self.options.id_col, shard.stem, shard.parquet_bytes

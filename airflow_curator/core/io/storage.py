@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 TMP_MARK = ".tmp-"
 SPOOL = "airflow-curator-spool"  # local spool folders, <pid>-<random>, under the temp folder
 STREAMED = frozenset({"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss"})  # atomic uploads
+DOWNLOAD_BLOCK = 64 << 20  # a download's ranged request
 UPLOAD_BLOCK = 32 << 20  # a streamed upload's chunk: one request each (a multiple of 256 KiB)
 Reader = io.RawIOBase | io.BufferedIOBase  # what open_read gives: read, readinto, seek
 # Exceptions (by defining module and name, so nothing is imported to test for them) that mean
@@ -409,33 +410,61 @@ def atomic_writer(url: str, *, fsync: bool = True) -> Iterator[IO[bytes]]:
 def _upload(fs: Any, path: str, url: str) -> Iterator[IO[bytes]]:
     """An object-store upload, finalised on close only; on failure it is cancelled (nothing
     appears) and a storage failure is ``TransientError`` naming the URI."""
-    with reading(url, "writing"):
-        f = fs.open(path, "wb", block_size=UPLOAD_BLOCK)
+    writer = _Upload(fs, path, url)
     try:
-        yield _GuardedWriter(f, url)  # type: ignore[misc]
-        with reading(url, "writing"):
-            f.close()
+        yield writer  # type: ignore[misc]
+        writer.finish()
     except BaseException:
-        with contextlib.suppress(Exception):
-            f.discard()  # cancels a resumable upload that has begun
-        f.closed = True  # and never let close() (or the garbage collector's) commit it
+        writer.cancel()
         raise
 
 
-class _GuardedWriter:
-    def __init__(self, f: IO[bytes], url: str) -> None:
-        self._f, self._url = f, url
+class _Upload:
+    """Bytes held in memory up to one chunk: an object smaller than that is one request
+    (a simple upload) when it closes; a larger one becomes a resumable upload, one request
+    to begin it and one per chunk (gcsfs's file alone begins a resumable upload, two
+    requests, for even a small object)."""
+
+    def __init__(self, fs: Any, path: str, url: str) -> None:
+        self._fs, self._path, self._url = fs, path, url
+        self._pending = bytearray()
+        self._file: Any = None
+        self._size = 0
 
     def write(self, data: Any) -> int:
+        n = len(memoryview(data).cast("B"))
+        self._size += n
+        if self._file is None:
+            self._pending += data
+            if len(self._pending) < UPLOAD_BLOCK:
+                return n
+            with reading(self._url, "writing"):
+                self._file = self._fs.open(self._path, "wb", block_size=UPLOAD_BLOCK)
+            data, self._pending = self._pending, bytearray()
         with reading(self._url, "writing"):
-            return self._f.write(data)
+            self._file.write(data)
+        return n
+
+    def finish(self) -> None:
+        with reading(self._url, "writing"):
+            if self._file is None:
+                self._fs.pipe_file(self._path, bytes(self._pending))
+            else:
+                self._file.close()
+
+    def cancel(self) -> None:
+        self._pending = bytearray()
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.discard()  # cancels a resumable upload that has begun
+            self._file.closed = True  # and never let close() (or the collector's) commit it
 
     def flush(self) -> None:
         """Nothing: an upload sends whole chunks as they fill (fsspec's flush of a partial
         chunk is a no-op too)."""
 
     def tell(self) -> int:
-        return self._f.tell()
+        return self._size
 
     def writable(self) -> bool:
         return True
@@ -524,24 +553,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def download(url: str, local: str) -> None:
-    """Copy ``url`` to the local path ``local`` atomically: one streamed request on an object
-    store, whatever the size."""
+def download(url: str, local: str, size: int | None = None) -> None:
+    """Copy ``url`` to the local path ``local`` atomically: on an object store one ranged
+    request per 64 MB block (``size``, when the manifest knows it, saves the metadata
+    request; gcsfs's own ``get_file`` asks for the metadata, and the first time for the name
+    as a folder too)."""
     if is_local(url):
         copy_file(url, local)
         return
-    fs, path = fs_and_path(url)
-    folder = os.path.dirname(local) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, tmp_name(os.path.basename(local)))
-    try:
-        with reading(url):
-            fs.get_file(path, tmp)
-        os.replace(tmp, local)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with (
+        open_read(url, block_size=DOWNLOAD_BLOCK, size=size) as fin,
+        _local_writer(local, fsync=False) as fout,
+    ):
+        shutil.copyfileobj(fin, fout, DOWNLOAD_BLOCK)
 
 
 def temporary_target(name: str) -> str | None:

@@ -1,0 +1,159 @@
+"""Every step on gs:// against fake-gcs-server (one per session, ``gcs_emulator``): the bytes
+of a local run, few requests each (counted from the emulator's access log), no listing of the
+dataset folder after discover (issue 20)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from airflow_curator.runtime.cli import main
+from airflow_curator.testing.gcs import Request, download_tree, upload_tree
+from tests.reliability.pipeline import cli, job, snapshot
+
+pytestmark = pytest.mark.integration
+
+SHARDS, RECORDS = 2, 6
+STEPS_AFTER_DISCOVER = ["index", "annotate", "save-metadata", "plan-reshard", "dedup-hash"]
+# Requests per step on gs:// for SHARDS input shards (README "Storage"): (fixed, per shard).
+# A read is one request per object (its size is in the manifest), a written object one upload
+# after one metadata request (a rerun that would write the same bytes writes nothing).
+BUDGETS = {
+    "discover": (2, 1),  # one listing, the manifest; each footer one ranged read
+    "index": (1, 2),  # the manifest; per shard the tar, the .idx upload
+    "annotate": (1, 5),  # the manifest; own output's footer, tar, Parquet, check, upload
+    "save-metadata": (1, 4),  # the manifest; Parquet and annotations, check, upload
+    "plan-reshard": (4, 1),  # manifest, plan (check, upload), _SUCCESS; per shard one footer
+    "reshard": (5, 5),  # plan, listings; per shard metadata, tar ranges; per output 3 uploads
+    "commit": (6, 1),  # plan, listings, _SUCCESS check, three uploads; the markers
+    "dedup-hash": (1, 5),  # the manifest; Parquet, tar, annotations, check, upload
+}
+
+
+def dedup_hash(ds: str, out: str) -> list[str]:
+    manifest = f"{out}/_work/manifest.json"
+    return ["dedup-hash", "--dataset", ds, "--output", out, "--manifest", manifest]
+
+
+@pytest.fixture(scope="module")
+def runs(gcs_emulator, tmp_path_factory):
+    """The job run locally and on gs:// (the requests of each gs:// step recorded)."""
+    from airflow_curator.testing.dataset import write_demo_dataset
+    from airflow_curator.testing.models import write_tiny_models
+
+    base = tmp_path_factory.mktemp("gcs-job")
+    models = write_tiny_models(str(base / "models"))
+    local = base / "local"
+    write_demo_dataset(str(local / "in"), shards=SHARDS, records_per_shard=RECORDS, seed=3)
+    bucket = gcs_emulator.new_bucket("job")
+    upload_tree(str(local / "in"), f"{bucket}/in")
+    requests: dict[str, list[Request]] = {}
+    for where in (str(local), bucket):
+        ds, out = f"{where}/in", f"{where}/out"
+        argv = job(ds, out, models)
+        argv["dedup-hash"] = dedup_hash(ds, out)
+        for name, args in argv.items():
+            if where != bucket:  # the reference, in this process (a second faster)
+                assert main(args) == 0, name
+                continue
+            mark = gcs_emulator.mark()
+            cli(*args)  # a process per step, as a task runs: no cache carried between them
+            requests[name] = gcs_emulator.requests(mark)
+    return local, bucket, requests
+
+
+def _normal(doc: object, where: str) -> object:
+    """A JSON document without what says where and when it was made: the root as ROOT, no
+    mtimes, creation times or the plan's hash (of its paths)."""
+    if isinstance(doc, dict):
+        return {
+            k: _normal(v, where)
+            for k, v in doc.items()
+            if not ("mtime" in k or k in ("created", "plan"))
+        }
+    if isinstance(doc, list):
+        return [_normal(v, where) for v in doc]
+    if isinstance(doc, str):
+        return doc.replace(where, "ROOT")
+    return doc
+
+
+def comparable(root: Path, where: str) -> dict[str, object]:
+    """What must match between a local and a gs:// run, by relative path: the bytes of every
+    file, except JSON that records where it is (``_normal``) and annotation Parquet, compared
+    by table (its provenance metadata holds the tar's mtime)."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, object] = {}
+    for rel, digest in snapshot(root).items():
+        path = root / rel
+        if rel.endswith(".json"):
+            out[rel] = _normal(json.loads(path.read_text()), where)
+        elif "/annotations/" in rel:
+            out[rel] = pq.read_table(path).replace_schema_metadata(None).to_pylist()
+        else:
+            out[rel] = digest
+    return out
+
+
+def test_every_step_on_gs_writes_the_bytes_of_a_local_run(runs, tmp_path):
+    local, bucket, _ = runs
+    download_tree(bucket, str(tmp_path / "remote"))
+    want = comparable(local, str(local))
+    got = comparable(tmp_path / "remote", bucket)
+    assert sorted(got) == sorted(want)
+    assert [p for p in want if want[p] != got[p]] == []
+    exact = [p for p in want if p.startswith("out/") and p.endswith((".tar", ".parquet", ".idx"))]
+    assert len(exact) >= 6 and all(isinstance(want[p], str) for p in exact if "/_work/" not in p)
+
+
+def test_steps_after_discover_never_list_the_dataset_folder(runs):
+    _, bucket, requests = runs
+    dataset = bucket.removeprefix("gs://") + "/in"
+    assert [r for r in requests["discover"] if r.kind == "list"]  # the one that lists
+    for step in STEPS_AFTER_DISCOVER:
+        listings = [r for r in requests[step] if r.kind == "list"]
+        assert [r for r in listings if "prefix=in" in r.query] == [], step
+        names = {r.object for r in requests[step] if r.object}
+        read = "/out/_work/metadata" if step == "plan-reshard" else dataset
+        assert any(read in n for n in names), step  # it did read its inputs
+
+
+def test_requests_per_step_within_budget(runs):
+    _, _, requests = runs
+    for step, (fixed, per_shard) in BUDGETS.items():
+        reqs = requests[step]
+        assert len(reqs) <= fixed + per_shard * SHARDS, (step, [(r.method, r.path) for r in reqs])
+        reads = Counter(r.object for r in reqs if r.kind in ("read", "get") and r.object)
+        assert max(reads.values()) <= 3, (step, reads)  # at most 3 requests per object read
+        assert all(r.status < 500 for r in reqs)
+
+
+def test_to_webdataset_on_gs(runs, tmp_path):
+    """The one-process shortcut, from the job's output to another folder, on both."""
+    local, bucket, _ = runs
+    for where in (str(local), bucket):
+        args = ["to-webdataset", "--dataset", f"{where}/out", "--output", f"{where}/again"]
+        assert main([*args, "--samples-per-shard", "4", "--workers", "2"]) == 0
+    download_tree(f"{bucket}/again", str(tmp_path / "again"))
+    want = comparable(local / "again", str(local))
+    assert comparable(tmp_path / "again", bucket) == want
+    assert any(p.endswith(".tar") for p in want)
+
+
+def test_python_api_on_gs(runs, tmp_path):
+    """NeMo's ImageTextPairDataset on gs://: metadata read back, resharded like locally."""
+    from airflow_curator.dataset import ImageTextPairDataset
+
+    local, bucket, _ = runs
+    for where in (str(local), bucket):
+        ds = ImageTextPairDataset.from_webdataset(f"{where}/out")
+        assert len(ds.metadata.compute()) == len(ds)
+        ds.to_webdataset(f"{where}/api", "passes_curation", samples_per_shard=5)
+    download_tree(f"{bucket}/api", str(tmp_path / "api"))
+    want = comparable(local / "api", str(local))
+    assert comparable(tmp_path / "api", bucket) == want
+    assert any(p.endswith(".tar") for p in want)
