@@ -159,6 +159,28 @@ class Emulator:
         self.create_bucket(name)
         return f"gs://{name}"
 
+    def upload(self, local: str, url: str) -> None:
+        """Copy the files under a local folder to ``url`` (``gs://bucket/prefix``), as they
+        are, straight to this emulator (one media upload each; no gcsfs, whose instances are
+        cached per process)."""
+        from urllib.parse import quote
+
+        bucket, _, prefix = url.removeprefix("gs://").partition("/")
+        for dirpath, _, files in os.walk(local):
+            for name in sorted(files):
+                path = os.path.join(dirpath, name)
+                key = "/".join(filter(None, [prefix, *os.path.relpath(path, local).split(os.sep)]))
+                with open(path, "rb") as f:
+                    req = urllib.request.Request(
+                        f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=media"
+                        f"&name={quote(key, safe='')}",
+                        data=f.read(),
+                        headers={"Content-Type": "application/octet-stream"},
+                        method="POST",
+                    )
+                with urllib.request.urlopen(req, timeout=30):
+                    pass
+
     # -- the access log ---------------------------------------------------------------------
 
     def mark(self) -> int:
@@ -185,18 +207,6 @@ class Emulator:
     def _lines(self) -> list[str]:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return [line for line in f if "HTTP/" in line]
-
-
-def upload_tree(local: str, url: str) -> None:
-    """Copy the files under a local folder to ``url`` (``gs://bucket/prefix``), as they are."""
-    from airflow_curator.core.io import storage
-
-    for dirpath, _, files in os.walk(local):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, local)
-            with open(path, "rb") as f:
-                storage.write_bytes(storage.join(url, *rel.split(os.sep)), f.read())
 
 
 def download_tree(url: str, local: str) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow_curator.runtime.cli import main
-from airflow_curator.testing.gcs import Request, download_tree, upload_tree
+from airflow_curator.testing.gcs import Request, download_tree
 from tests.reliability.pipeline import cli, job, snapshot
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def runs(gcs_emulator, tmp_path_factory):
     local = base / "local"
     write_demo_dataset(str(local / "in"), shards=SHARDS, records_per_shard=RECORDS, seed=3)
     bucket = gcs_emulator.new_bucket("job")
-    upload_tree(str(local / "in"), f"{bucket}/in")
+    gcs_emulator.upload(str(local / "in"), f"{bucket}/in")
     requests: dict[str, list[Request]] = {}
     for where in (str(local), bucket):
         ds, out = f"{where}/in", f"{where}/out"
@@ -157,3 +157,47 @@ def test_python_api_on_gs(runs, tmp_path):
     want = comparable(local / "api", str(local))
     assert comparable(tmp_path / "api", bucket) == want
     assert any(p.endswith(".tar") for p in want)
+
+
+def test_stopped_storage_exits_75_naming_the_uri_and_no_shard(tmp_path):
+    """Storage down mid-job (an emulator of its own, stopped): every step exits 75 with one
+    line naming the object it could not reach, reading or writing, and blames no shard;
+    annotate's failed read of its own output is such a failure, not "not annotated yet"."""
+    import os
+    import subprocess
+
+    from airflow_curator.testing.dataset import write_demo_dataset
+    from airflow_curator.testing.gcs import Emulator
+    from airflow_curator.testing.models import write_tiny_models
+    from tests.reliability.pipeline import CLI
+
+    models = write_tiny_models(str(tmp_path / "models"))
+    write_demo_dataset(str(tmp_path / "in"), shards=2, records_per_shard=3, seed=4)
+    manifest = str(tmp_path / "manifest.json")
+    with Emulator(str(tmp_path)) as emulator:
+        env = {**os.environ, **emulator.env}
+        bucket = emulator.new_bucket("down")
+        ds, out = f"{bucket}/in", f"{bucket}/out"
+        emulator.upload(str(tmp_path / "in"), ds)
+        proc = subprocess.run([*CLI, "discover", "--dataset", ds, "--manifest", manifest],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    steps = {}
+    for name, args in job(ds, out, models).items():
+        if name in STEPS_AFTER_DISCOVER:  # the manifest kept locally: storage is the input
+            steps[name] = [manifest if a.endswith("manifest.json") else a for a in args]
+    steps["dedup-hash"] = [*dedup_hash(ds, out)[:-1], manifest]
+    steps["discover (upload)"] = ["discover", "--dataset", str(tmp_path / "in"), "--manifest",
+                                  f"{out}/_work/manifest.json"]  # fmt: skip
+    # all at once: each spends gcsfs's ~30 s of retries
+    pipe = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True, "env": env}
+    procs = {name: subprocess.Popen([*CLI, *args], **pipe) for name, args in steps.items()}
+    last = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        last[name] = err.strip().splitlines()[-1]
+        assert proc.returncode == 75, (name, err[-2000:])
+        assert "storage unavailable" in last[name] and "(will retry)" in last[name], last[name]
+        assert f" {bucket}/" in last[name] and "shard 0" not in last[name], last[name]
+    assert f"reading {out}/_work/annotations/00000.parquet" in last["annotate"]  # its own output
+    assert f"writing {out}/_work/manifest.json" in last["discover (upload)"]
