@@ -1,9 +1,16 @@
 """Discovery on a folder of many shards (metadata only): listing, pairing, footers, groups.
 
     .venv/bin/python benchmarks/bench_discovery.py [--shards 50000]
+    .venv/bin/python benchmarks/bench_discovery.py --latency-ms 20 [--shards 20000]
 
 Tars are tiny stand-ins and every Parquet is the same small file: discovery reads only the
 listing and the Parquet footers, so this measures exactly its own work. Target: seconds.
+
+``--latency-ms``: the folder is read through an async fsspec filesystem (``slowfile://``) that
+waits that long on every storage call, as an object store does: a listing page of 1,000
+names, a ranged read, a metadata lookup, each one call. It prints the time beside what the
+same calls would take one after another and on 16 threads (the threaded discovery this
+replaced: two calls per footer). Target: <= 5 s for 20,000 shards at 20 ms.
 """
 
 from __future__ import annotations
@@ -16,16 +23,91 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import tool
 
 
+PAGE = 1000  # names per listing call, as GCS pages them
+
+
+def slow_filesystem(latency: float) -> Any:
+    """An async filesystem over local files that waits ``latency`` seconds per call and
+    counts the calls (``calls``)."""
+    import asyncio
+
+    from fsspec.asyn import AsyncFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    local = LocalFileSystem()
+
+    class SlowFileSystem(AsyncFileSystem):  # type: ignore[misc]
+        protocol = "slowfile"
+        calls = 0
+
+        async def _wait(self, n: int = 1) -> None:
+            type(self).calls += n
+            await asyncio.sleep(latency * n)
+
+        async def _ls(self, path: str, detail: bool = True, **kw: Any) -> list[Any]:
+            out = local.ls(path, detail=True)
+            await self._wait(max(1, -(-len(out) // PAGE)))  # pages are sequential
+            return out if detail else [o["name"] for o in out]
+
+        async def _info(self, path: str, **kw: Any) -> dict[str, Any]:
+            await self._wait()
+            return local.info(path)
+
+        async def _cat_file(
+            self, path: str, start: int | None = None, end: int | None = None, **kw: Any
+        ) -> bytes:
+            await self._wait()
+            return local.cat_file(path, start=start, end=end)
+
+        @classmethod
+        def _strip_protocol(cls, path: str) -> str:
+            return path.removeprefix("slowfile://") or "/"
+
+    import fsspec
+
+    fsspec.register_implementation("slowfile", SlowFileSystem, clobber=True)
+    return SlowFileSystem
+
+
+def latency_mode(folder: str, shards: int, latency_ms: float) -> None:
+    """Discover the folder in this process through ``slowfile://``, without latency and then
+    with it (the difference is what the waits cost)."""
+    from airflow_curator.core.dataset.discovery import discover
+
+    seconds = {}
+    for ms in (0.0, latency_ms):
+        fs = slow_filesystem(ms / 1000)
+        fs.calls = 0
+        t0 = time.perf_counter()
+        manifest = discover(f"slowfile://{folder}")
+        seconds[ms] = time.perf_counter() - t0
+    calls = fs.calls
+    listing = -(-2 * shards // PAGE)
+    sequential = calls * latency_ms / 1000
+    threaded = (listing + 2 * shards / 16) * latency_ms / 1000
+    dt = seconds[latency_ms]
+    print(
+        f"{len(manifest.shards)} shards ({manifest.records} records), {calls} storage calls: "
+        f"discover {dt:.2f} s at {latency_ms:g} ms per call ({seconds[0.0]:.2f} s at 0 ms: "
+        f"the waits cost {dt - seconds[0.0]:.2f} s); one call after another {sequential:.1f} s; "
+        f"16 threads at 2 calls per footer {threaded:.1f} s ({threaded / dt:.1f}x slower)"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shards", type=int, default=50000)
+    p.add_argument("--shards", type=int, default=None, help="default 50000; 20000 with latency")
+    p.add_argument("--latency-ms", type=float, default=None)
     args = p.parse_args()
+    if args.shards is None:
+        args.shards = 20000 if args.latency_ms else 50000
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -41,6 +123,9 @@ def main() -> int:
             with open(os.path.join(folder, f"{i:05d}.parquet"), "wb") as f:
                 f.write(parquet)
         print(f"made {args.shards} shards in {time.perf_counter() - t0:.1f}s")
+        if args.latency_ms:
+            latency_mode(folder, args.shards, args.latency_ms)
+            return 0
         for extra in ([], ["--no-count"]):
             out = os.path.join(folder, "_result.json")
             t0 = time.perf_counter()
