@@ -29,7 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import tool
 
-
 PAGE = 1000  # names per listing call, as GCS pages them
 
 
