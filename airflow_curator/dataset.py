@@ -214,6 +214,7 @@ class ImageTextPairDataset:
         old_id_col: str | None = None,
         *,
         workers: int = 0,
+        overwrite: bool = False,
     ) -> ImageTextPairDataset:
         """Write the records whose ``filter_column`` is true as a new dataset at ``path``.
 
@@ -222,15 +223,18 @@ class ImageTextPairDataset:
         and runs the core reshard: records in id order within each input shard, new ids, the
         ``.json`` ids rewritten, member bytes unchanged, ``.idx``, Parquet, ``_manifest.json``,
         ``sizes.json`` and ``_SUCCESS`` last. The output Parquet holds the saved columns plus
-        ``filter_column``: ``save_metadata()`` first to keep other in-memory columns."""
+        ``filter_column``: ``save_metadata()`` first to keep other in-memory columns. A ``path``
+        holding files this job did not plan is refused, unless ``overwrite`` (its shard files
+        are removed)."""
         import dask
 
         from airflow_curator.core.layout import metadata_url
-        from airflow_curator.core.reshard.plan import check_apart
+        from airflow_curator.core.reshard.plan import check_apart, claim_output
         from airflow_curator.core.reshard.writer import reshard_dataset
         from airflow_curator.savers import write_filter
 
         check_apart(self.path, path)
+        claim_output(path, overwrite)  # before the metadata below is written there
         if filter_column not in self.metadata.columns:
             raise UsageError(
                 f"no filter column {filter_column!r} in the metadata "
@@ -257,6 +261,7 @@ class ImageTextPairDataset:
             max_shards=max_shards,
             old_id_col=old_id_col,
             manifest=self.manifest,  # the shards this dataset was opened with: no listing
+            overwrite=overwrite,
         )
         return type(self).from_webdataset(path, self.id_col)
 

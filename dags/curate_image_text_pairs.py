@@ -259,6 +259,12 @@ with DAG(
             "(empty: not kept)",
         ),
         "max_shards": Param(5, type="integer", minimum=1, maximum=9, description="Shard digits"),
+        "overwrite": Param(
+            False,
+            type="boolean",
+            description="Write into an output folder that holds files this DAG did not plan "
+            "(refused otherwise): its shard files are removed, other files kept",
+        ),
         "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
         "gpus": Param(1, type="integer", minimum=0, maximum=16, description="GPUs per pod"),
@@ -406,6 +412,7 @@ with DAG(
                 "max_shards",
                 "old_id_col",
                 "group_bytes",
+                "overwrite",
             )
         },
         **COMMON,

@@ -149,6 +149,12 @@ def reshard_plan(p: Parser) -> None:
     p.add_argument("--samples-per-shard", type=int, default=10000, help="records per output shard")
     p.add_argument("--max-shards", type=int, default=5, help="digits of the output shard number")
     p.add_argument("--old-id-col", help="keep each record's old id in this column")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an output folder that holds files this job did not plan (refused "
+        "otherwise): its shard files (NNNNN.tar/.parquet/.idx) are removed, others kept",
+    )
     shards(p, "input shard")
 
 
@@ -162,6 +168,7 @@ def plan_options(args: argparse.Namespace) -> dict[str, Any]:
         "old_id_col": args.old_id_col,
         "shards": args.shards,
         "manifest": args.manifest,
+        "overwrite": args.overwrite,
     }
 
 

@@ -26,7 +26,7 @@ BUDGETS = {
     "index": (1, 2),  # the manifest; per shard the tar, the .idx upload
     "annotate": (1, 5),  # the manifest; own output's footer, tar, Parquet, check, upload
     "save-metadata": (1, 4),  # the manifest; Parquet and annotations, check, upload
-    "plan-reshard": (4, 1),  # manifest, plan (check, upload), _SUCCESS; per shard one footer
+    "plan-reshard": (5, 1),  # manifest, output listing, plan (check, upload), _SUCCESS; footers
     "reshard": (5, 5),  # plan, listings; per shard metadata, tar ranges; per output 3 uploads
     "commit": (6, 1),  # plan, listings, _SUCCESS check, three uploads; the markers
     "dedup-hash": (1, 5),  # the manifest; Parquet, tar, annotations, check, upload
@@ -201,3 +201,45 @@ def test_stopped_storage_exits_75_naming_the_uri_and_no_shard(tmp_path):
         assert f" {bucket}/" in last[name] and "shard 0" not in last[name], last[name]
     assert f"reading {out}/_work/annotations/00000.parquet" in last["annotate"]  # its own output
     assert f"writing {out}/_work/manifest.json" in last["discover (upload)"]
+
+
+def _put(where: str, rel: str, data: bytes) -> None:
+    from airflow_curator.core.io import storage
+
+    storage.write_bytes(f"{where}/{rel}", data)
+
+
+def _tree(where: str, tmp: Path) -> dict[str, str]:
+    if where.startswith("gs://"):
+        download_tree(where, str(tmp))
+        return snapshot(tmp)
+    return snapshot(Path(where))
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "gs"])
+def test_a_foreign_output_folder_is_refused_unless_overwrite(runs, remote, tmp_path):
+    """A folder holding a user's files (no plan of ours) is refused with exit 2 naming them and
+    left as it was; --overwrite removes only its shard-named files and writes there."""
+    from tests.reliability.pipeline import cli as run
+
+    local, bucket, _ = runs
+    where = bucket if remote else str(local)
+    folder = f"{where}/foreign"
+    for rel, data in {"notes.txt": b"mine", "00003.tar": b"x" * 512, "00007.parquet": b"p"}.items():
+        _put(folder, rel, data)
+    before = _tree(folder, tmp_path / "before")
+    args = ["to-webdataset", "--dataset", f"{where}/out", "--output", folder]
+    proc = run(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"output folder {folder} is not empty" in line
+    assert "00003.tar, 00007.parquet, notes.txt" in line and "--overwrite" in line
+    assert _tree(folder, tmp_path / "after") == before  # nothing in it changed
+
+    proc = run(*args, "--overwrite", "--samples-per-shard", "4", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 2 shard files" in proc.stderr and "00003.tar, 00007.parquet" in proc.stderr
+    after = _tree(folder, tmp_path / "overwritten")
+    assert after["notes.txt"] == before["notes.txt"]
+    assert "00007.parquet" not in after and "00003.tar" not in after
+    assert "_SUCCESS" in after and "00000.tar" in after

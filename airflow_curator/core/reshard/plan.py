@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.dataset.discovery import Manifest, Shard, shards_of
 from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_ids
-from airflow_curator.core.errors import DataError, ShardError, UsageError
+from airflow_curator.core.errors import DataError, ShardError, UsageError, preview
 from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.layout import SUCCESS, plan_url
 from airflow_curator.core.stats import Result, Stats
-from airflow_curator.core.wds.naming import offset_digits, shard_name
+from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM, offset_digits, shard_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -278,6 +278,37 @@ def output_groups(
     return groups
 
 
+def is_shard_file(name: str) -> bool:
+    stem, _, ext = name.partition(".")
+    return ext in SHARD_EXTS and bool(SHARD_STEM.match(stem))
+
+
+def claim_output(output: str, overwrite: bool = False) -> list[str]:
+    """Refuse to write into a folder that is not ours (``UsageError``, exit 2, naming what it
+    holds): only a missing or empty one, or one this job planned before (its ``_work`` plan),
+    is. ``overwrite`` removes the shard-named files of a foreign folder instead (and returns
+    them), leaving its other files alone. One listing, plus one lookup of the plan."""
+    files = storage.list_files(output, missing_ok=True)
+    if not files or storage.is_file(plan_url(output)):
+        return []
+    names = [e.name for e in files]
+    shards = [e for e in files if is_shard_file(e.name)]
+    if not overwrite:
+        raise UsageError(
+            f"output folder {output} is not empty and holds no plan of this job "
+            f"({posixpath.join('_work', posixpath.basename(plan_url(output)))}): it holds "
+            f"{preview(names, 5)}; give an empty or new folder, or --overwrite to remove its "
+            f"shard files ({preview([e.name for e in shards], 5) if shards else 'none'})"
+        )
+    for e in shards:
+        storage.remove_file(e.url)
+    removed = [e.name for e in shards]
+    if removed:
+        logger.warning("--overwrite: removed %d shard files from %s: %s", len(removed), output,
+                       preview(removed, 10))  # fmt: skip
+    return removed
+
+
 def plan_reshard(
     dataset: str,
     output: str,
@@ -285,11 +316,15 @@ def plan_reshard(
     *,
     max_groups: int = MAX_GROUPS,
     group_bytes: int = GROUP_BYTES,
+    overwrite: bool = False,
     **kwargs: Any,
 ) -> Result:
     """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
-    one already there), return the output groups."""
+    one already there), return the output groups. A folder that is not ours is refused
+    (``claim_output``) unless ``overwrite``."""
     stats = Stats()
+    check_apart(dataset, output)
+    removed = claim_output(output, overwrite)
     plan = make_plan(dataset, output, filter_column, **kwargs)
     url = plan_url(output)
     text = plan.to_json().encode()
@@ -323,4 +358,5 @@ def plan_reshard(
         empty_inputs=[i.stem for i in plan.inputs if i.kept == 0],
         groups=groups,
         message=message,
+        **({"overwritten": removed} if removed else {}),
     )
