@@ -123,9 +123,13 @@ def test_steps_after_discover_never_list_the_dataset_folder(runs):
 
 
 def test_requests_per_step_within_budget(runs):
+    """The README's figures: ``pytest tests/runtime/test_gcs.py -k budget -s`` prints them."""
     _, _, requests = runs
+    print(f"\nrequests per step on gs:// for {SHARDS} shards of {RECORDS} records:")
     for step, (fixed, per_shard) in BUDGETS.items():
         reqs = requests[step]
+        kinds = Counter(r.kind for r in reqs)
+        print(f"  {step:14s} {len(reqs):3d}  (budget {fixed} + {per_shard}/shard)  {dict(kinds)}")
         assert len(reqs) <= fixed + per_shard * SHARDS, (step, [(r.method, r.path) for r in reqs])
         reads = Counter(r.object for r in reqs if r.kind in ("read", "get") and r.object)
         assert max(reads.values()) <= 3, (step, reads)  # at most 3 requests per object read
