@@ -18,7 +18,13 @@ from typing import Any
 from airflow_curator.core import layout
 from airflow_curator.core.dataset.discovery import Manifest, load_manifest
 from airflow_curator.core.dataset.save_metadata import INPUT_SUFFIX, filter_marker
-from airflow_curator.core.dataset.thresholds import Funnel, Thresholds, add_funnels, funnel
+from airflow_curator.core.dataset.thresholds import (
+    PAIR_COLUMNS,
+    Funnel,
+    Thresholds,
+    add_funnels,
+    funnel,
+)
 from airflow_curator.core.errors import ShardError, UsageError
 from airflow_curator.core.io import parquet, storage
 from airflow_curator.core.progress import Progress
@@ -207,6 +213,7 @@ def gather(
     unfunnelled = 0  # shards whose saved columns do not hold what their filters need
     rows: list[ShardRow] = []
     input_filters = 0
+    own_filter = filter_column + INPUT_SUFFIX  # the input's own, ANDed by save-metadata
     progress = Progress("report", len(man.shards), logger=logger)
     for shard in man.shards:
         url = storage.join(metadata, f"{shard.stem}.parquet")
@@ -214,15 +221,21 @@ def gather(
             rows.append(ShardRow(shard.stem, shard.records or 0, 0, 0, None))
             progress.update()
             continue
-        table = parquet.read_table(url, shard.stem)
-        marker = filter_marker(table.schema)
+        wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
+        # only the columns drawn (not the embeddings, ~6 KB a record): their chunks alone; the
+        # filters' columns for the funnel and the pair statistics' histograms
+        drawn = (*wanted, *PAIR_COLUMNS, "caption_language_score", filter_column)
+        read = parquet.load(url, shard.stem, [id_col], optional=(*drawn, own_filter))
+        table = read.table
+        marker = filter_marker(read.schema)
         input_filters += bool(marker.get("input_column"))
         if marker.get("thresholds") and marker.get("column") == filter_column:
             filters = marker["thresholds"]
+            table = _with_filter_columns(table, read.schema, url, shard.stem, marker)
             unfunnelled += not _add_funnel(counts, table, marker, shard.stem)
         _add_pairs(table, pair_hists, languages)
         names = set(table.column_names)
-        wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
+        names = set(table.column_names)
         cols = {c: table.column(c).to_pylist() for c in wanted if c in names}
         ids = [str(i) for i in table.column(id_col).to_pylist()]
         flags = table.column(filter_column).to_pylist() if filter_column in names else None
@@ -321,6 +334,23 @@ def gather(
     )
 
 
+def _with_filter_columns(
+    table: Any, schema: Any, url: str, shard: str, marker: dict[str, Any]
+) -> Any:
+    """The table with the columns the shard's recorded filters require (``--require``, any
+    boolean column) that the first read did not take: one more read, of those only."""
+    required = Thresholds.from_dict(marker["thresholds"]).require
+    own = marker.get("input_column")
+    more = [c for c in (*required, *([own] if isinstance(own, str) else [])) if c in schema.names]
+    more = [c for c in dict.fromkeys(more) if c not in table.column_names]
+    if not more:
+        return table
+    extra = parquet.load(url, shard, more).table
+    for c in more:
+        table = table.append_column(c, extra.column(c))
+    return table
+
+
 def _add_funnel(counts: Funnel, table: Any, marker: dict[str, Any], shard: str) -> bool:
     """Add the shard's funnel, re-evaluated from the thresholds its Parquet records; False
     when the saved columns lack what a filter needs."""
@@ -366,15 +396,12 @@ def _find(
         url = storage.join(metadata, f"{shard.stem}.parquet")
         if not ids or not storage.exists(url):
             continue
-        table = parquet.read_table(url, shard.stem)
+        drawn = (*SCORES, "caption", "error", flags_col)
+        table = parquet.read_table(url, shard.stem, [id_col], optional=drawn)
         names = set(table.column_names)
         for i, rid in enumerate(table.column(id_col).to_pylist()):
             if str(rid) in ids:
-                row = {
-                    c: table.column(c)[i].as_py()
-                    for c in (*SCORES, "caption", "error", flags_col)
-                    if c in names
-                }
+                row = {c: table.column(c)[i].as_py() for c in drawn if c in names}
                 found[str(rid)] = Card(
                     shard.stem,
                     str(rid),

@@ -258,3 +258,27 @@ def test_funnel_and_filter_histograms(tmp_path):
     html = Path(page["report"]).read_text(encoding="utf-8")
     assert 'id="funnel"' in html and "min 200" in html and "max 3" in html
     assert f"<td>{len(alive)}</td></tr></table>" in html  # what is left after the last filter
+
+
+def test_reads_only_the_columns_it_draws(run):
+    """Each metadata Parquet gains an embedding column whose pages are then destroyed: a
+    report that read it (all of a shard's columns, ~6 KB a record) would fail; it does not."""
+    _, output, truth = run
+    for s in range(3):
+        path = f"{output}/_work/metadata/{s:05d}.parquet"
+        table = pq.read_table(path)
+        vectors = pa.array([[0.5] * 64] * table.num_rows, pa.list_(pa.float32()))
+        pq.write_table(table.append_column("embedding", vectors), path)
+        chunk = pq.ParquetFile(path).metadata.row_group(0).column(table.num_columns)
+        assert chunk.path_in_schema.startswith("embedding")
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
+        start = start if start is not None else chunk.data_page_offset
+        with open(path, "r+b") as f:  # the page headers and data of that chunk only
+            f.seek(start)
+            f.write(b"\xff" * chunk.total_compressed_size)
+        with pytest.raises(OSError):
+            pq.read_table(path)
+    data = gather(output, per_grid=4, extremes=3)
+    assert data.totals["records"] == truth["records"] and data.totals["kept"] == truth["kept"]
+    assert data.histograms["aesthetic_score"].total == len(truth["aesthetic"])
+    assert len(data.pairs) == 1 and data.pairs[0][1] is not None
