@@ -16,6 +16,7 @@ import logging
 import os
 import posixpath
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +105,10 @@ def cache_dir() -> str:
 
 def fetch(uri: str) -> str:
     """A local path for ``uri``: local files as they are, hub ids via huggingface_hub (which
-    honours ``HF_HUB_OFFLINE`` and its cache), other URLs copied once into the cache, zip
-    members (``zip://MEMBER::ZIP_URL``) extracted once into the cache."""
+    honours ``HF_HUB_OFFLINE`` and its cache), other URLs copied once per version of the object
+    into the cache (``CACHE/<uri key>/<version key>/<name>``), zip members
+    (``zip://MEMBER::ZIP_URL``) extracted once per copy of their archive; the image's baked
+    folder, laid out the same, is looked up first."""
     if uri.startswith(HUB_PREFIX):
         return _hub_download(uri[len(HUB_PREFIX) :])
     if uri.startswith(ZIP_PREFIX):
@@ -115,28 +118,81 @@ def fetch(uri: str) -> str:
         if not os.path.isfile(path):
             raise WeightsError(f"weights {uri}: no such file")
         return path
-    local = cached_path(uri, posixpath.basename(uri.rstrip("/")) or "weights")
-    if not os.path.exists(local):
-        logger.info("downloading weights %s to %s", uri, local)
-        try:
+    name = posixpath.basename(uri.rstrip("/")) or "weights"
+    baked = baked_path(uri, name)
+    if baked is not None:
+        return baked
+    try:
+        # cached by what identifies the object's content, not by its name alone: a file
+        # replaced in the bucket is a new generation (one metadata request per fetch)
+        local = os.path.join(cache_dir(), uri_key(uri), _version_key(uri), name)
+        if not os.path.exists(local):
+            logger.info("downloading weights %s to %s", uri, local)
             _download(uri, local)
-        except FileNotFoundError:
-            raise WeightsError(f"weights {uri}: not found or not reachable") from None
-        except Exception as e:  # fsspec backends raise their own types (aiohttp, gcsfs, ...)
-            reason = storage.unavailable(e)
-            if reason is not None:
-                raise TransientError(uri, reason) from e
-            raise WeightsError(f"weights {uri}: download failed: {e}") from e
+    except FileNotFoundError:
+        raise WeightsError(f"weights {uri}: not found or not reachable") from None
+    except TransientError:
+        raise
+    except Exception as e:  # fsspec backends raise their own types (aiohttp, gcsfs, ...)
+        reason = storage.unavailable(e)
+        if reason is not None:
+            raise TransientError(uri, reason) from e
+        raise WeightsError(f"weights {uri}: download failed: {e}") from e
     return local
 
 
-def cached_path(uri: str, name: str) -> str:
-    """Where ``uri``'s file is kept: the image's baked copy if there is one, else the cache."""
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+def uri_key(uri: str) -> str:
+    """The cache's (and the baked folder's) folder for ``uri``."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def baked_path(uri: str, name: str) -> str | None:
+    """The image's baked copy of ``uri``'s file, if there is one. Baked weights never change,
+    so they are found by URI alone (no request: the pod may not reach the source)."""
     baked = os.environ.get(BAKED_ENV)
-    if baked and os.path.exists(os.path.join(baked, key, name)):
-        return os.path.join(baked, key, name)
-    return os.path.join(cache_dir(), key, name)
+    folder = os.path.join(baked, uri_key(uri)) if baked else None
+    if folder is None or not os.path.isdir(folder):
+        return None
+    found = [p for v in os.listdir(folder) if os.path.isfile(p := os.path.join(folder, v, name))]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def _version_key(uri: str) -> str:
+    """The object's generation (GCS), ETag or MD5 and size, from one metadata request.
+
+    HTTP(S) URLs are one streaming GET and nothing else (see ``_download``): no HEAD asks for
+    a version, the key is constant (the pins catch a changed file)."""
+    if uri.startswith(HTTP):
+        return "url"
+    meta = storage.info(uri)
+    version = next(
+        (str(meta[k]) for k in ("generation", "etag", "ETag", "md5Hash", "mtime") if meta.get(k)),
+        "",
+    )
+    return _key(f"{version}\0{meta.get('size')}")
+
+
+def _key(ident: str) -> str:
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _folders_for(local: str) -> Iterator[None]:
+    """Create ``local``'s missing parent folders; remove those made here if the body fails
+    (one that is not empty holds another process's download and stays)."""
+    made: list[str] = []
+    folder = os.path.dirname(local)
+    while folder and not os.path.isdir(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
 
 
 def _download(uri: str, local: str) -> None:
@@ -145,20 +201,13 @@ def _download(uri: str, local: str) -> None:
     HTTP(S) is one streaming GET: a whole file gains nothing from ranged reads, and a server
     that ignores ``Range`` answers them with the whole body (fsspec's ranged read then fails,
     or returns the wrong bytes)."""
-    folder = os.path.dirname(local)
-    made = not os.path.isdir(folder)
-    try:
+    with _folders_for(local):
         if uri.startswith(HTTP):
             fs, path = storage.fs_and_path(uri)
             with storage.atomic_writer(local) as f:
                 fs.get_file(path, f)
         else:
             storage.copy_file(uri, local)
-    except BaseException:
-        if made:
-            with contextlib.suppress(OSError):  # not empty: another process's download
-                os.rmdir(folder)
-        raise
 
 
 def _zip_member(uri: str) -> str:
@@ -168,10 +217,16 @@ def _zip_member(uri: str) -> str:
     member, _, outer = uri[len(ZIP_PREFIX) :].partition("::")
     if not member or not outer:
         raise WeightsError(f"weights {uri}: expected {ZIP_PREFIX}MEMBER::ZIP_URL")
-    local = cached_path(uri, posixpath.basename(member))
+    name = posixpath.basename(member)
+    baked = baked_path(uri, name)
+    if baked is not None:
+        return baked
+    archive = fetch(outer)  # cached by its content's identity: a new archive, a new member
+    st = os.stat(archive)
+    version = _key(f"{archive}\0{st.st_size}\0{st.st_mtime_ns}")
+    local = os.path.join(cache_dir(), uri_key(uri), version, name)
     if os.path.exists(local):
         return local
-    archive = fetch(outer)
     try:
         with zipfile.ZipFile(archive) as z:
             names = z.namelist()
@@ -179,9 +234,8 @@ def _zip_member(uri: str) -> str:
                 raise WeightsError(
                     f"weights {uri}: {outer} has no {member} (members: {', '.join(names[:8])})"
                 )
-            os.makedirs(os.path.dirname(local), exist_ok=True)
             logger.info("extracting %s from %s to %s", member, outer, local)
-            with z.open(member) as src, storage.atomic_writer(local) as dst:
+            with _folders_for(local), z.open(member) as src, storage.atomic_writer(local) as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
     except zipfile.BadZipFile as e:
         raise WeightsError(f"weights {uri}: {outer} is not a zip file ({e})") from None

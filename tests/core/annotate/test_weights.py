@@ -33,8 +33,10 @@ def test_url_is_fetched_once_into_the_cache(tmp_path, monkeypatch):
     fs.pipe("/bucket/models/head.pth", b"abc")
     got = resolve("memory://bucket/models/head.pth", hashlib.sha256(b"abc").hexdigest())
     assert Path(got.path).read_bytes() == b"abc"
-    fs.pipe("/bucket/models/head.pth", b"changed")  # cached copy is reused, and checked
-    assert resolve("memory://bucket/models/head.pth").path == got.path
+    assert resolve("memory://bucket/models/head.pth").path == got.path  # the cached copy
+    fs.pipe("/bucket/models/head.pth", b"changed")  # replaced: fetched again (size, version)
+    again = resolve("memory://bucket/models/head.pth")
+    assert again.path != got.path and Path(again.path).read_bytes() == b"changed"
     with pytest.raises(WeightsError, match="not found or not reachable"):
         resolve("memory://bucket/models/nothing.pth")
 
@@ -241,3 +243,20 @@ def test_weights_baked_into_the_image_are_read_from_there(tmp_path, monkeypatch)
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "volume"))
     assert resolve(url).path == baked
     assert not (tmp_path / "volume").exists() or not any((tmp_path / "volume").iterdir())
+
+
+def test_weights_on_gs_replaced_in_the_bucket_are_fetched_again(gcs_bucket, tmp_path, monkeypatch):
+    """The cache is keyed on the object's generation and size, not its URI: replacing the
+    file in the bucket gives the new bytes (annotate --force then runs on the new weights)."""
+    from airflow_curator.core.annotate import weights
+    from airflow_curator.core.io import storage
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    uri = f"{gcs_bucket}/models/head.pt"
+    storage.write_bytes(uri, b"old weights")
+    first = weights.fetch(uri)
+    assert open(first, "rb").read() == b"old weights"
+    assert weights.fetch(uri) == first  # unchanged: the cached copy
+    storage.write_bytes(uri, b"new weights")  # same size: the generation tells them apart
+    second = weights.fetch(uri)
+    assert second != first and open(second, "rb").read() == b"new weights"
