@@ -255,8 +255,8 @@ def test_weights_on_gs_replaced_in_the_bucket_are_fetched_again(gcs_bucket, tmp_
     uri = f"{gcs_bucket}/models/head.pt"
     storage.write_bytes(uri, b"old weights")
     first = weights.fetch(uri)
-    assert open(first, "rb").read() == b"old weights"
+    assert Path(first).read_bytes() == b"old weights"
     assert weights.fetch(uri) == first  # unchanged: the cached copy
     storage.write_bytes(uri, b"new weights")  # same size: the generation tells them apart
     second = weights.fetch(uri)
-    assert second != first and open(second, "rb").read() == b"new weights"
+    assert second != first and Path(second).read_bytes() == b"new weights"
