@@ -11,8 +11,10 @@ from pathlib import Path
 CLI = [sys.executable, "-m", "airflow_curator.runtime.cli"]
 
 
-def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, *argv], capture_output=True, text=True)
+def cli(
+    *argv: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *argv], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

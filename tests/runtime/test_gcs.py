@@ -40,7 +40,8 @@ def dedup_hash(ds: str, out: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(gcs_emulator, tmp_path_factory):
-    """The job run locally and on gs:// (the requests of each gs:// step recorded)."""
+    """The job run locally and on gs:// (the requests of each gs:// step recorded), and the
+    tiny models it annotated with."""
     from airflow_curator.testing.dataset import write_demo_dataset
     from airflow_curator.testing.models import write_tiny_models
 
@@ -62,7 +63,7 @@ def runs(gcs_emulator, tmp_path_factory):
             mark = gcs_emulator.mark()
             cli(*args)  # a process per step, as a task runs: no cache carried between them
             requests[name] = gcs_emulator.requests(mark)
-    return local, bucket, requests
+    return local, bucket, requests, models
 
 
 def _normal(doc: object, where: str) -> object:
@@ -100,7 +101,7 @@ def comparable(root: Path, where: str) -> dict[str, object]:
 
 
 def test_every_step_on_gs_writes_the_bytes_of_a_local_run(runs, tmp_path):
-    local, bucket, _ = runs
+    local, bucket, _, _ = runs
     download_tree(bucket, str(tmp_path / "remote"))
     want = comparable(local, str(local))
     got = comparable(tmp_path / "remote", bucket)
@@ -111,7 +112,7 @@ def test_every_step_on_gs_writes_the_bytes_of_a_local_run(runs, tmp_path):
 
 
 def test_steps_after_discover_never_list_the_dataset_folder(runs):
-    _, bucket, requests = runs
+    _, bucket, requests, _ = runs
     dataset = bucket.removeprefix("gs://") + "/in"
     assert [r for r in requests["discover"] if r.kind == "list"]  # the one that lists
     for step in STEPS_AFTER_DISCOVER:
@@ -124,7 +125,7 @@ def test_steps_after_discover_never_list_the_dataset_folder(runs):
 
 def test_requests_per_step_within_budget(runs):
     """The README's figures: ``pytest tests/runtime/test_gcs.py -k budget -s`` prints them."""
-    _, _, requests = runs
+    _, _, requests, _ = runs
     print(f"\nrequests per step on gs:// for {SHARDS} shards of {RECORDS} records:")
     for step, (fixed, per_shard) in BUDGETS.items():
         reqs = requests[step]
@@ -138,7 +139,7 @@ def test_requests_per_step_within_budget(runs):
 
 def test_to_webdataset_on_gs(runs, tmp_path):
     """The one-process shortcut, from the job's output to another folder, on both."""
-    local, bucket, _ = runs
+    local, bucket, _, _ = runs
     for where in (str(local), bucket):
         args = ["to-webdataset", "--dataset", f"{where}/out", "--output", f"{where}/again"]
         assert main([*args, "--samples-per-shard", "4", "--workers", "2"]) == 0
@@ -152,7 +153,7 @@ def test_python_api_on_gs(runs, tmp_path):
     """NeMo's ImageTextPairDataset on gs://: metadata read back, resharded like locally."""
     from airflow_curator.dataset import ImageTextPairDataset
 
-    local, bucket, _ = runs
+    local, bucket, _, _ = runs
     for where in (str(local), bucket):
         ds = ImageTextPairDataset.from_webdataset(f"{where}/out")
         assert len(ds.metadata.compute()) == len(ds)
@@ -226,7 +227,7 @@ def test_a_foreign_output_folder_is_refused_unless_overwrite(runs, remote, tmp_p
     left as it was; --overwrite removes only its shard-named files and writes there."""
     from tests.reliability.pipeline import cli as run
 
-    local, bucket, _ = runs
+    local, bucket, _, _ = runs
     where = bucket if remote else str(local)
     folder = f"{where}/foreign"
     for rel, data in {"notes.txt": b"mine", "00003.tar": b"x" * 512, "00007.parquet": b"p"}.items():
@@ -247,3 +248,62 @@ def test_a_foreign_output_folder_is_refused_unless_overwrite(runs, remote, tmp_p
     assert after["notes.txt"] == before["notes.txt"]
     assert "00007.parquet" not in after and "00003.tar" not in after
     assert "_SUCCESS" in after and "00000.tar" in after
+
+
+def _kill_when(args: list[str], env: dict[str, str], ready, timeout: float = 180) -> int:
+    """Start the step; SIGKILL it as soon as ``ready()`` holds; its pid."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.reliability.pipeline import CLI
+
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the step ended before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.pid
+
+
+def test_sigkill_mid_annotate_and_mid_reshard_on_gs_then_rerun(runs, tmp_path):
+    """Annotate killed once its tar is spooled, reshard once its first output object is up:
+    the reruns give the uninterrupted run's bytes, and no spool or temporary is left."""
+    import os
+
+    from airflow_curator.core.io import storage
+
+    local, bucket, _, models = runs
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    spools = tmp_path / storage.SPOOL
+    argv = job(f"{bucket}/in", f"{bucket}/out", models)
+    annotate = [*argv["annotate"], "--force"]  # the job's own output: the same bytes again
+    _kill_when(annotate, env, lambda: spools.is_dir() and any(spools.iterdir()))
+    assert any(spools.iterdir())  # what the killed process left
+    cli(*annotate, env=env)
+    assert list(spools.iterdir()) == []  # swept by the rerun
+
+    out = f"{bucket}/killed"
+    plan = [out if a == f"{bucket}/out" else a for a in argv["plan-reshard"]]
+    cli(*plan, env=env)
+    reshard = ["reshard", "--plan", f"{out}/_work/reshard-plan.json"]
+
+    def first_output() -> bool:
+        return any(e.name.endswith(".tar") for e in storage.list_files(out, missing_ok=True))
+
+    _kill_when(reshard, env, first_output)
+    cli(*reshard, env=env)
+    cli("commit", "--plan", f"{out}/_work/reshard-plan.json", env=env)
+    download_tree(f"{bucket}/out", str(tmp_path / "out"))
+    got = comparable(tmp_path / "out", bucket)
+    want = comparable(local / "out", str(local))
+    assert [got[p] == want[p] for p in want if "/annotations/" in p] == [True, True]
+    download_tree(out, str(tmp_path / "killed"))
+    got = {p: d for p, d in snapshot(tmp_path / "killed").items() if "/" not in p}
+    want = {p: d for p, d in snapshot(local / "out").items() if "/" not in p}
+    del got["_manifest.json"], want["_manifest.json"]  # it names its plan
+    assert got == want and any(p.endswith(".tar") for p in got)
+    assert list(spools.iterdir()) == []
