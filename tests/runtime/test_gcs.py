@@ -307,3 +307,24 @@ def test_sigkill_mid_annotate_and_mid_reshard_on_gs_then_rerun(runs, tmp_path):
     del got["_manifest.json"], want["_manifest.json"]  # it names its plan
     assert got == want and any(p.endswith(".tar") for p in got)
     assert list(spools.iterdir()) == []
+
+
+def test_a_bad_tar_on_gs_is_named_by_its_object_uri(runs, gcs_emulator, tmp_path):
+    """Annotate copies a remote tar locally for DALI; a truncated one is blamed on its shard
+    and named by its gs:// URI, never by the local copy."""
+    from airflow_curator.testing.dataset import write_demo_dataset
+
+    _, _, _, models = runs
+    write_demo_dataset(str(tmp_path / "in"), shards=1, records_per_shard=3, seed=6)
+    tar = tmp_path / "in" / "00000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2 + 100])  # cut inside a member's data
+    bucket = gcs_emulator.new_bucket("badtar")
+    gcs_emulator.upload(str(tmp_path / "in"), f"{bucket}/in")
+    argv = job(f"{bucket}/in", f"{bucket}/out", models)
+    cli(*argv["discover"])
+    proc = cli(*argv["annotate"], check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "shard 00000" in last and f"{bucket}/in/00000.tar" in last, last
+    assert str(tmp_path) not in last and "spool" not in last, last
