@@ -40,7 +40,7 @@ class InputShard:
     stem: str
     tar: str
     tar_bytes: int
-    idx: str | None
+    idx: str | None  # the shard's index, used when it exists and matches the tar
     metadata: str
     rows: int
     kept: int
@@ -166,7 +166,10 @@ def _read_input(
         shard.stem,
         shard.tar,
         shard.tar_bytes,
-        shard.idx if shard.idx_fresh else None,
+        # where index writes it, whether or not it exists yet: the manifest predates index, and
+        # a plan that said "no index" on the first run and "an index" on a rerun would differ
+        # and rewrite every output shard (the writer checks the index, else scans the tar)
+        shard.idx or storage.join(posixpath.dirname(shard.tar), f"{shard.stem}.idx"),
         meta_url,
         len(ids),
         len(rows),

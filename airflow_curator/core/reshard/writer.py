@@ -120,15 +120,27 @@ class InputCache:
         source = TarSource(inp.tar, inp.tar_bytes)
         if source.size != inp.tar_bytes:
             raise ShardError(inp.stem, f"{inp.tar} changed after planning: run plan-reshard again")
-        locations = record_locations(inp.tar, inp.tar_bytes, inp.stem, inp.idx)
-        if inp.idx and not index_matches(source, locations, [ids[r] for r in rows]):
-            logger.warning(
-                "shard %s: %s does not match the tar (stale?); scanning the tar instead",
-                inp.stem,
-                inp.idx,
-            )
-            locations = record_locations(inp.tar, inp.tar_bytes, inp.stem)
-        return LoadedInput(table, ids, rows, locations, source)
+        return LoadedInput(table, ids, rows, self._locations(inp, source, ids, rows), source)
+
+    @staticmethod
+    def _locations(
+        inp: InputShard, source: TarSource, ids: list[str], rows: list[int]
+    ) -> Mapping[str, Location]:
+        """The input's index when there is one and it matches the tar, else one header scan."""
+        if inp.idx:
+            try:
+                locations = record_locations(inp.tar, inp.tar_bytes, inp.stem, inp.idx)
+            except FileNotFoundError:  # not indexed
+                pass
+            else:
+                if index_matches(source, locations, [ids[r] for r in rows]):
+                    return locations
+                logger.warning(
+                    "shard %s: %s does not match the tar (stale?); scanning the tar instead",
+                    inp.stem,
+                    inp.idx,
+                )
+        return record_locations(inp.tar, inp.tar_bytes, inp.stem)
 
     def close(self) -> None:
         for entry in self.loaded.values():
