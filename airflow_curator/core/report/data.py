@@ -213,7 +213,11 @@ def gather(
     unfunnelled = 0  # shards whose saved columns do not hold what their filters need
     rows: list[ShardRow] = []
     input_filters = 0
-    own_filter = filter_column + INPUT_SUFFIX  # the input's own, ANDed by save-metadata
+    wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
+    # only the columns drawn (not the embeddings, ~6 KB a record): their chunks alone; with the
+    # filters' columns (the funnel, the pair statistics' histograms) and the input's own filter
+    optional = (*wanted, *PAIR_COLUMNS, "caption_language_score", filter_column)
+    optional += (filter_column + INPUT_SUFFIX,)
     progress = Progress("report", len(man.shards), logger=logger)
     for shard in man.shards:
         url = storage.join(metadata, f"{shard.stem}.parquet")
@@ -221,11 +225,7 @@ def gather(
             rows.append(ShardRow(shard.stem, shard.records or 0, 0, 0, None))
             progress.update()
             continue
-        wanted = (*SCORES, "error", "caption", UNIQUE, DUPLICATE_OF)
-        # only the columns drawn (not the embeddings, ~6 KB a record): their chunks alone; the
-        # filters' columns for the funnel and the pair statistics' histograms
-        drawn = (*wanted, *PAIR_COLUMNS, "caption_language_score", filter_column)
-        read = parquet.load(url, shard.stem, [id_col], optional=(*drawn, own_filter))
+        read = parquet.load(url, shard.stem, [id_col], optional=optional)
         table = read.table
         marker = filter_marker(read.schema)
         input_filters += bool(marker.get("input_column"))
@@ -234,7 +234,6 @@ def gather(
             table = _with_filter_columns(table, read.schema, url, shard.stem, marker)
             unfunnelled += not _add_funnel(counts, table, marker, shard.stem)
         _add_pairs(table, pair_hists, languages)
-        names = set(table.column_names)
         names = set(table.column_names)
         cols = {c: table.column(c).to_pylist() for c in wanted if c in names}
         ids = [str(i) for i in table.column(id_col).to_pylist()]

@@ -133,6 +133,9 @@ class InputCache:
             except FileNotFoundError:  # not indexed
                 pass
             else:
+                if source.fd is None:  # the first batch's bytes: the check reads its headers
+                    first = [ids[r] for r in rows[:BATCH] if ids[r] in locations]
+                    source.prefetch(_spans([locations[i] for i in first]))
                 if index_matches(source, locations, [ids[r] for r in rows]):
                     return locations
                 logger.warning(
@@ -162,12 +165,15 @@ def _piece_records(
     for start in range(0, len(old_ids), BATCH):
         batch = [(old, locations[old]) for old in old_ids[start : start + BATCH]]
         if source.fd is None:
-            # with each member's header block and padding: a plain record is read in one piece
-            source.prefetch(
-                [(off - BLOCK, slot_size(size)) for _, locs in batch for _, off, size in locs]
-            )
+            source.prefetch(_spans([locs for _, locs in batch]))
         for old, locs in batch:
             yield old, locs, source
+
+
+def _spans(records: list[Location]) -> list[tuple[int, int]]:
+    """The records' bytes to prefetch: each member with its header block and padding, so a
+    plain record is read in one piece."""
+    return [(off - BLOCK, slot_size(size)) for locs in records for _, off, size in locs]
 
 
 def _cast(column: pa.Array, type_: pa.DataType) -> pa.Array:

@@ -45,8 +45,8 @@ def index_matches(
 ) -> bool:
     """Cheap check of an input index against its tar: before the first member of evenly spread
     kept records (``checks`` of them) there must be a valid tar header of that member's size. A
-    stale index (the tar was rewritten) fails it. The header blocks are read in one batch, so an
-    object store answers all of them in about one round trip."""
+    stale index (the tar was rewritten) fails it. On an object store the header blocks come from
+    the bytes the source has prefetched, the others in merged ranges read together."""
     if not kept:
         return True
     step = max(1, len(kept) // checks)
@@ -84,29 +84,37 @@ class TarSource:
             self.size = os.fstat(self.fd).st_size
 
     def blocks(self, offsets: list[int]) -> list[bytes]:
-        """The 512-byte blocks at ``offsets``: local reads, or one batched range request."""
+        """The 512-byte blocks at ``offsets``: local reads, or merged ranges read together
+        (fsspec's ``cat_ranges`` sends one request per range: blocks closer than
+        ``MERGE_GAP`` share one)."""
         if self.fd is not None:
             return [os.pread(self.fd, BLOCK, off) for off in offsets]
-        if not offsets:
-            return []
-        fs, path = storage.fs_and_path(self.url)
-        ends = [off + BLOCK for off in offsets]
-        return list(fs.cat_ranges([path] * len(offsets), offsets, ends))
+        missing = [(off, BLOCK) for off in offsets if _within(self.cache, off, BLOCK) is None]
+        ranges = self.cache + self._fetch(missing)  # the prefetched bytes first
+        return [bytes(_within(ranges, off, BLOCK) or b"") for off in offsets]
 
     def prefetch(self, spans: list[tuple[int, int]]) -> None:
-        """Fetch ``(offset, size)`` spans in few requests (no-op for a local file)."""
+        """Fetch ``(offset, size)`` spans in few requests (no-op for a local file, or when the
+        spans are fetched already)."""
         if self.fd is not None or not spans:
             return
-        spans = sorted(spans)
+        if all(_within(self.cache, off, size) is not None for off, size in spans):
+            return
+        self.cache = self._fetch(spans)
+
+    def _fetch(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        """The spans read as merged ranges, one request each, in flight together."""
+        if not spans:
+            return []
         merged: list[list[int]] = []
-        for off, size in spans:
+        for off, size in sorted(spans):
             if merged and off - merged[-1][1] <= MERGE_GAP:
                 merged[-1][1] = max(merged[-1][1], off + size)
             else:
                 merged.append([off, off + size])
         fs, path = storage.fs_and_path(self.url)
         blobs = fs.cat_ranges([path] * len(merged), [m[0] for m in merged], [m[1] for m in merged])
-        self.cache = [(m[0], b) for m, b in zip(merged, blobs, strict=True)]
+        return [(m[0], b) for m, b in zip(merged, blobs, strict=True)]
 
     def _pread(self, off: int, size: int) -> bytes:
         assert self.fd is not None
@@ -155,9 +163,9 @@ class TarSource:
     def get(self, off: int, size: int) -> bytes | memoryview:
         if self.fd is not None:
             return self._pread(off, size)
-        for start, blob in self.cache:
-            if start <= off and off + size <= start + len(blob):
-                return memoryview(blob)[off - start : off - start + size]
+        cached = _within(self.cache, off, size)
+        if cached is not None:
+            return cached
         fs, path = storage.fs_and_path(self.url)
         return fs.cat_file(path, start=off, end=off + size)
 
@@ -165,3 +173,12 @@ class TarSource:
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _within(ranges: list[tuple[int, bytes]], off: int, size: int) -> memoryview | None:
+    """Bytes ``off``..``off + size`` from the fetched ranges holding them; None if none does
+    (or a range came back short: past the end of the object)."""
+    for start, blob in ranges:
+        if start <= off and off + size <= start + len(blob):
+            return memoryview(blob)[off - start : off - start + size]
+    return None

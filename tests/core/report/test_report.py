@@ -282,3 +282,31 @@ def test_reads_only_the_columns_it_draws(run):
     assert data.totals["records"] == truth["records"] and data.totals["kept"] == truth["kept"]
     assert data.histograms["aesthetic_score"].total == len(truth["aesthetic"])
     assert len(data.pairs) == 1 and data.pairs[0][1] is not None
+
+
+def test_funnel_reads_the_required_columns_too(tmp_path):
+    """A ``--require`` column is any boolean column: the report reads it for the funnel
+    beside the columns it draws (its one read names no such column)."""
+    from airflow_curator.core import layout
+    from airflow_curator.core.dataset.save_metadata import save_metadata
+    from airflow_curator.core.dataset.thresholds import Thresholds
+
+    dataset, output = str(tmp_path / "in"), str(tmp_path / "out")
+    ids = write_demo_dataset(dataset, shards=1, records_per_shard=9, seed=4)
+    save_manifest(discover(dataset), layout.manifest_url(output))
+    folder = layout.annotations_url(output)
+    os.makedirs(folder)
+    keep = [i % 3 != 0 for i in range(len(ids))]
+    scores = [0.1 * i for i in range(len(ids))]
+    pq.write_table(
+        pa.table({"key": ids, "clip_score": scores, "hand_checked": keep}),
+        f"{folder}/00000.parquet",
+    )
+    t = Thresholds.build(min_clip_score=0.15, require=["hand_checked"])
+    result = save_metadata(
+        dataset, annotations=folder, path=layout.metadata_url(output), thresholds=t
+    )
+    data = gather(output)
+    assert data.funnel == result["funnel"]
+    assert data.funnel["require:hand_checked"]["alone"] == keep.count(False)
+    assert data.totals["kept"] == sum(k and s >= 0.15 for k, s in zip(keep, scores, strict=True))
