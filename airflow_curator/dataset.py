@@ -225,9 +225,11 @@ class ImageTextPairDataset:
         ``sizes.json`` and ``_SUCCESS`` last. The output Parquet holds the saved columns plus
         ``filter_column``: ``save_metadata()`` first to keep other in-memory columns. A ``path``
         holding files this job did not plan is refused, unless ``overwrite`` (its shard files
-        are removed)."""
+        are removed). The output's lease is held throughout: another run writing ``path`` is
+        refused (``core.io.lease``)."""
         import dask
 
+        from airflow_curator.core.io.lease import output_lease
         from airflow_curator.core.layout import metadata_url
         from airflow_curator.core.reshard.plan import check_apart, claim_output
         from airflow_curator.core.reshard.writer import reshard_dataset
@@ -249,20 +251,21 @@ class ImageTextPairDataset:
             dask.delayed(write_filter)(part, shard, folder, self.id_col, filter_column)
             for part, shard in zip(frame.to_delayed(), shards, strict=True)
         ]
-        dask.compute(*tasks)
-        reshard_dataset(
-            self.path,
-            path,
-            filter_column,
-            workers=workers,
-            metadata=folder,
-            id_col=self.id_col,
-            samples_per_shard=samples_per_shard,
-            max_shards=max_shards,
-            old_id_col=old_id_col,
-            manifest=self.manifest,  # the shards this dataset was opened with: no listing
-            overwrite=overwrite,
-        )
+        with output_lease(path, last=True):
+            dask.compute(*tasks)
+            reshard_dataset(
+                self.path,
+                path,
+                filter_column,
+                workers=workers,
+                metadata=folder,
+                id_col=self.id_col,
+                samples_per_shard=samples_per_shard,
+                max_shards=max_shards,
+                old_id_col=old_id_col,
+                manifest=self.manifest,  # the shards this dataset was opened with: no listing
+                overwrite=overwrite,
+            )
         return type(self).from_webdataset(path, self.id_col)
 
     def __len__(self) -> int:

@@ -17,6 +17,7 @@ RUN_NAME = "run.json"  # the DAG's run record (params, step results) the report 
 PLAN_NAME = "reshard-plan.json"
 CLIP_THRESHOLD = "clip-threshold.json"  # the run's top-fraction CLIP-score threshold
 MARKERS = "reshard"  # O/_work/reshard/NNNNN.json: one per written output shard
+LEASE_NAME = "lease.json"  # which run writes O now (core.io.lease)
 
 
 def manifest_url(output: str) -> str:
@@ -53,6 +54,11 @@ def dedup_url(output: str) -> str:
 def dedup_result_url(output: str) -> str:
     """Per-shard ``is_unique``/``duplicate_of`` from dedup-result (merged like annotations)."""
     return join(dedup_url(output), "result")
+
+
+def lease_url(output: str) -> str:
+    """The output's lease: the run that writes the output shards now."""
+    return join(output, WORK, LEASE_NAME)
 
 
 def run_url(output: str) -> str:

@@ -173,6 +173,7 @@ class CuratorOperator(KubernetesPodOperator):
         self.spot = spot
         self.weights_cache_claim = weights_cache_claim
         self._runner: LocalRunner | None = None
+        self._run_id: str | None = None  # the DAG run's, for the steps that take --run-id
 
     # -- what to run ------------------------------------------------------------------------
 
@@ -185,6 +186,8 @@ class CuratorOperator(KubernetesPodOperator):
         opts = {
             k: v for k, v in self.layout_options().items() if k in actions and v not in (None, "")
         }
+        if self._run_id and "run_id" in actions:  # the tasks of one DAG run share its lease
+            opts["run_id"] = self._run_id
         group = self.group
         if group:  # see GROUP_KEYS
             if not isinstance(group, Mapping):
@@ -298,6 +301,7 @@ class CuratorOperator(KubernetesPodOperator):
         if context.get("map_index_template") is None and self.group:
             context["map_index_template"] = MAP_INDEX_TEMPLATE
         mode = self.execution_mode()
+        self._run_id = dag_run_id(context)
         self.log.info("airflow-curator %s (%s): %s", self.step, mode, json.dumps(self.argv()))
         # kubernetes: defers when deferrable, and the result then comes via trigger_reentry
         result = self.execute_local(context) if mode == "local" else super().execute(context)
@@ -385,6 +389,14 @@ class CuratorOperator(KubernetesPodOperator):
                 yield env
         else:
             yield env  # the connection only names a project: default credentials
+
+
+def dag_run_id(context: Any) -> str | None:
+    """``<dag_id>/<run_id>``: what the tasks of one DAG run (mapped ones, retries) share and
+    another run does not, as the owner of an output's lease (``core.io.lease``)."""
+    ti = context.get("ti") if context else None
+    dag_id, run_id = getattr(ti, "dag_id", None), getattr(ti, "run_id", None)
+    return f"{dag_id}/{run_id}" if isinstance(dag_id, str) and isinstance(run_id, str) else None
 
 
 def _scalar(v: Any) -> bool:

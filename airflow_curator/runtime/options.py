@@ -172,6 +172,16 @@ def plan_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_id(p: Parser) -> None:
+    """The run a step of the reshard belongs to: who holds the output's lease."""
+    p.add_argument(
+        "--run-id",
+        help="the run this step is part of: the steps and mapped tasks of one run share the "
+        "output's lease, another run writing there is refused (the operators pass "
+        "<dag_id>/<run_id>); default: the Airflow task's DAG run, else this process alone",
+    )
+
+
 def writers(p: Parser) -> None:
     """Options of the output shard writers (reshard and to-webdataset)."""
     workers(p, "parallel writers (0: one per CPU, at most the number of output shards)")

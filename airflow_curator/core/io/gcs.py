@@ -18,6 +18,7 @@ anonymous credentials unless a token is configured, as Google's own client libra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -94,3 +95,51 @@ def object_info(fs: Any, path: str) -> dict[str, Any]:
     meta = dict(fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True))
     meta["size"] = int(meta.get("size") or 0)
     return meta
+
+
+def read_generation(fs: Any, path: str) -> tuple[bytes, int] | None:
+    """An object's bytes and the generation they are, in one request; None when there is none."""
+    bucket, key, _ = fs.split_path(path)
+    try:
+        headers, data = fs.call("GET", "b/{}/o/{}", bucket, key, alt="media")
+    except FileNotFoundError:
+        return None
+    return bytes(data), int(headers["X-Goog-Generation"])
+
+
+def write_if_generation(fs: Any, path: str, data: bytes, generation: int) -> bool:
+    """Write the object only if it is still at ``generation`` (0: only if there is none), in one
+    multipart upload with ``ifGenerationMatch`` (the emulator honours it there, as GCS does);
+    False when the precondition failed (412: someone wrote or removed it in between)."""
+    from urllib.parse import quote
+
+    bucket, key, _ = fs.split_path(path)
+    head = (
+        "--==0==\nContent-Type: application/json; charset=UTF-8\n\n"
+        + json.dumps({"name": key})
+        + "\n--==0==\nContent-Type: application/json\n\n"
+    )
+    try:
+        fs.call(
+            "POST",
+            f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+            uploadType="multipart",
+            ifGenerationMatch=str(generation),
+            headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+            data=head.encode() + data + b"\n--==0==--",
+            json_out=True,
+        )
+    except FileExistsError:
+        return False
+    return True
+
+
+def remove_if_generation(fs: Any, path: str, generation: int) -> bool:
+    """Delete the object only if it is still at ``generation``; False when it is not (412) or
+    is gone. (fake-gcs-server ignores this precondition; GCS honours it.)"""
+    bucket, key, _ = fs.split_path(path)
+    try:
+        fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(generation))
+    except (FileExistsError, FileNotFoundError):
+        return False
+    return True

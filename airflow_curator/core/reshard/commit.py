@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from airflow_curator.core.errors import ShardError, UsageError, preview
 from airflow_curator.core.io import storage
+from airflow_curator.core.io.lease import Lease, output_lease
 from airflow_curator.core.layout import (
     OUTPUT_MANIFEST,
     SIZES,
@@ -155,15 +156,24 @@ def sync_outputs(plan: Plan, threads: int = 16) -> None:
             list(pool.map(storage.sync_file, urls))
 
 
-def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> Result:
-    """Verify, sweep leftovers, flush, write ``_manifest.json`` and then ``_SUCCESS``.
+def commit(
+    plan_url: str, *, verify_hashes: bool = False, sync: bool = True, run_id: str | None = None
+) -> Result:
+    """Verify, sweep leftovers, flush, write ``_manifest.json`` and then ``_SUCCESS``; the
+    run's last step: it releases the output's lease when it succeeds (``core.io.lease``).
 
     ``sync=False`` skips the flush to disk of local outputs (for scratch data only)."""
-    stats = Stats()
     plan = load_plan(plan_url)
+    with output_lease(plan.output, run_id, last=True) as lease:
+        return _commit(plan, verify_hashes, sync, lease)
+
+
+def _commit(plan: Plan, verify_hashes: bool, sync: bool, lease: Lease) -> Result:
+    stats = Stats()
     entries = storage.list_files(plan.output, missing_ok=True)  # one listing for both
     markers = check_outputs(plan, verify_hashes, entries=entries)
     removed = leftovers(plan, entries)
+    lease.check()
     for url in removed:
         logger.info("removing leftover %s", url)
         storage.remove_file(url)
@@ -175,6 +185,7 @@ def commit(plan_url: str, *, verify_hashes: bool = False, sync: bool = True) -> 
     sizes_url = storage.join(plan.output, SIZES)
     sizes = sizes_json(markers).encode()
     success = storage.join(plan.output, SUCCESS)
+    lease.check()
     if (
         storage.is_file(success)
         and storage.same_bytes(manifest_url, manifest)

@@ -23,6 +23,7 @@ from airflow_curator.core.dataset.metadata import OK_STATUS, STATUS_COL, check_i
 from airflow_curator.core.errors import DataError, ShardError, UsageError, preview
 from airflow_curator.core.groups import GROUP_BYTES, MAX_GROUPS, balanced_runs, group_value
 from airflow_curator.core.io import parquet, storage
+from airflow_curator.core.io.lease import output_lease
 from airflow_curator.core.layout import SUCCESS, plan_url
 from airflow_curator.core.stats import Result, Stats
 from airflow_curator.core.wds.naming import SHARD_EXTS, SHARD_STEM, offset_digits, shard_name
@@ -320,24 +321,27 @@ def plan_reshard(
     max_groups: int = MAX_GROUPS,
     group_bytes: int = GROUP_BYTES,
     overwrite: bool = False,
+    run_id: str | None = None,
     **kwargs: Any,
 ) -> Result:
     """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
     one already there), return the output groups. A folder that is not ours is refused
-    (``claim_output``) unless ``overwrite``."""
+    (``claim_output``) unless ``overwrite``; then the output's lease is taken for the run
+    ``run_id`` (``core.io.lease``: a second run writing there is refused)."""
     stats = Stats()
     check_apart(dataset, output)
     removed = claim_output(output, overwrite)
-    plan = make_plan(dataset, output, filter_column, **kwargs)
+    plan = make_plan(dataset, output, filter_column, **kwargs)  # reads only
     url = plan_url(output)
     text = plan.to_json().encode()
-    if storage.same_bytes(url, text):  # a rerun: a committed output stays committed
-        logger.info("plan %s is unchanged", url)
-    else:
-        success = storage.join(output, SUCCESS)
-        if storage.remove_file(success):
-            logger.info("removed %s: the output is being rewritten", success)
-        storage.write_bytes(url, text)
+    with output_lease(output, run_id):
+        if storage.same_bytes(url, text):  # a rerun: a committed output stays committed
+            logger.info("plan %s is unchanged", url)
+        else:
+            success = storage.join(output, SUCCESS)
+            if storage.remove_file(success):
+                logger.info("removed %s: the output is being rewritten", success)
+            storage.write_bytes(url, text)
     kept = plan.records
     total = sum(i.rows for i in plan.inputs)
     failed = sum(i.failed for i in plan.inputs)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_curator.core.errors import ShardError, UsageError, preview
-from airflow_curator.core.io import parquet, storage
+from airflow_curator.core.io import lease, parquet, storage
 from airflow_curator.core.layout import marker_url, markers_url
 from airflow_curator.core.progress import Progress
 from airflow_curator.core.reshard.plan import (
@@ -350,13 +350,18 @@ def write_output(
     return marker
 
 
-def _write_many(task: tuple[str, list[int], bool]) -> list[Marker]:
-    plan_url, indexes, direct_io = task
+def _write_many(task: tuple[str, list[int], bool, str]) -> list[Marker]:
+    """Write these output shards, each once the run (``run_id``) is seen to hold the lease."""
+    plan_url, indexes, direct_io, run_id = task
     plan = load_plan(plan_url)
     cache = InputCache(plan)
     flusher = Flusher() if storage.is_local(plan.output) else None
+    markers = []
     try:
-        return [write_output(cache, plan.outputs[i], flusher, direct_io) for i in indexes]
+        for i in indexes:
+            lease.verify(plan.output, run_id)
+            markers.append(write_output(cache, plan.outputs[i], flusher, direct_io))
+        return markers
     finally:
         cache.close()
         if flusher is not None:
@@ -403,8 +408,11 @@ def reshard(
     workers: int = 0,
     force: bool = False,
     direct_io: bool = True,
+    run_id: str | None = None,
 ) -> Result:
-    """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``.
+    """Write the output shards ``outputs`` (a spec; default all) of the plan at ``plan_url``,
+    holding the output's lease for the run ``run_id`` (``core.io.lease``: the mapped tasks of
+    one run share it).
 
     Shards a previous attempt finished for the same plan are skipped unless ``force``: a retried
     task redoes only what is missing (rewriting would give the same bytes anyway). Local tars
@@ -419,42 +427,43 @@ def reshard(
         raise UsageError(
             f"outputs {format_spec(extra)} are not in the plan ({len(plan.outputs)} outputs)"
         )
-    listing = storage.list_files(plan.output, missing_ok=True)  # one listing for both
-    done = {} if force else finished(plan, indexes, listing)
-    if done:
-        logger.info("%d output shards are already written for this plan: skipped", len(done))
-    todo = [i for i in indexes if i not in done]
-    sweep_debris(plan, todo, listing)
-    n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
-    tasks = [(plan_url, c, direct_io) for c in chunks if c]
-    progress = Progress("reshard", len(todo), logger=logger)
-    markers: list[Marker] = list(done.values())
-    local = storage.is_local(plan.output)
-    with contextlib.ExitStack() as stack:
-        if len(tasks) <= 1:
-            results: Iterable[list[Marker]] = map(_write_many, tasks)
-        else:
-            if local:
-                importlib.import_module("pyarrow.parquet")  # once here, not in every worker
-            pool = stack.enter_context(worker_pool(len(tasks), processes=local))
-            results = pool.map(_write_many, tasks)
-        for batch in results:
-            markers.extend(batch)
-            progress.update(
-                len(batch),
-                items=sum(m["records"] for m in batch),
-                nbytes=sum(m["files"]["tar"]["size"] for m in batch),
-            )
-    return stats.result(
-        plan=plan_url,
-        outputs=format_spec(indexes),
-        shards=len(markers),
-        written=len(markers) - len(done),
-        skipped=len(done),
-        records=sum(m["records"] for m in markers),
-        bytes=sum(m["files"]["tar"]["size"] for m in markers),
-    )
+    with lease.output_lease(plan.output, run_id) as held:
+        listing = storage.list_files(plan.output, missing_ok=True)  # one listing for both
+        done = {} if force else finished(plan, indexes, listing)
+        if done:
+            logger.info("%d output shards are already written for this plan: skipped", len(done))
+        todo = [i for i in indexes if i not in done]
+        sweep_debris(plan, todo, listing)
+        n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        chunks = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
+        tasks = [(plan_url, c, direct_io, held.run.id) for c in chunks if c]
+        progress = Progress("reshard", len(todo), logger=logger)
+        markers: list[Marker] = list(done.values())
+        local = storage.is_local(plan.output)
+        with contextlib.ExitStack() as stack:
+            if len(tasks) <= 1:
+                results: Iterable[list[Marker]] = map(_write_many, tasks)
+            else:
+                if local:
+                    importlib.import_module("pyarrow.parquet")  # once here, not in every worker
+                pool = stack.enter_context(worker_pool(len(tasks), processes=local))
+                results = pool.map(_write_many, tasks)
+            for batch in results:
+                markers.extend(batch)
+                progress.update(
+                    len(batch),
+                    items=sum(m["records"] for m in batch),
+                    nbytes=sum(m["files"]["tar"]["size"] for m in batch),
+                )
+        return stats.result(
+            plan=plan_url,
+            outputs=format_spec(indexes),
+            shards=len(markers),
+            written=len(markers) - len(done),
+            skipped=len(done),
+            records=sum(m["records"] for m in markers),
+            bytes=sum(m["files"]["tar"]["size"] for m in markers),
+        )
 
 
 def reshard_dataset(
@@ -465,17 +474,23 @@ def reshard_dataset(
     workers: int = 0,
     sync: bool = True,
     direct_io: bool = True,
+    run_id: str | None = None,
     **plan_options: Any,
 ) -> Result:
     """Plan, write and commit a reshard in this process: the seed's ``to_webdataset`` and the
-    ``to-webdataset`` command, for a laptop or a script (the DAG runs the three steps as tasks)."""
+    ``to-webdataset`` command, for a laptop or a script (the DAG runs the three steps as tasks).
+    One lease on the output covers the three (``core.io.lease``), taken once the folder is
+    found to be ours (``claim_output``, which leaves a foreign folder as it was)."""
     from airflow_curator.core.reshard.commit import commit
-    from airflow_curator.core.reshard.plan import plan_reshard
+    from airflow_curator.core.reshard.plan import check_apart, claim_output, plan_reshard
 
     stats = Stats()
-    planned = plan_reshard(dataset, output, filter_column, **plan_options)
-    written = reshard(planned["plan"], workers=workers, direct_io=direct_io)
-    committed = commit(planned["plan"], sync=sync)
+    check_apart(dataset, output)
+    claim_output(output, plan_options.get("overwrite", False))
+    with lease.output_lease(output, run_id, last=True):
+        planned = plan_reshard(dataset, output, filter_column, **plan_options)
+        written = reshard(planned["plan"], workers=workers, direct_io=direct_io)
+        committed = commit(planned["plan"], sync=sync)
     return {
         **committed,
         **stats.result(records=committed["records"], bytes=committed["bytes"]),

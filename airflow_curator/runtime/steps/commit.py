@@ -21,9 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="re-read every output file and check its sha256 (otherwise: sizes and markers)",
     )
     options.sync(p)
+    options.run_id(p)
 
 
 def run(args: argparse.Namespace) -> Result:
     from airflow_curator.core.reshard.commit import commit
 
-    return commit(args.plan, verify_hashes=args.verify_hashes, sync=args.sync)
+    return commit(args.plan, verify_hashes=args.verify_hashes, sync=args.sync, run_id=args.run_id)

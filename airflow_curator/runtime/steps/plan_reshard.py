@@ -17,6 +17,7 @@ HELP = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.reshard_plan(p)
     options.groups(p, "output")
+    options.run_id(p)
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -26,5 +27,6 @@ def run(args: argparse.Namespace) -> Result:
         args.filter_column,
         max_groups=args.max_groups,
         group_bytes=args.group_bytes,
+        run_id=args.run_id,
         **options.plan_options(args),
     )

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outputs", help="output shard numbers to write, e.g. 0-3; omitted: all")
     options.writers(p)
     options.force(p, "rewrite output shards an earlier attempt already finished for this plan")
+    options.run_id(p)
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -29,4 +30,5 @@ def run(args: argparse.Namespace) -> Result:
         workers=args.workers,
         force=args.force,
         direct_io=args.direct_io,
+        run_id=args.run_id,
     )

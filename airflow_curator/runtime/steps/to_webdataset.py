@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.reshard_plan(p)
     options.writers(p)
     options.sync(p)
+    options.run_id(p)
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -30,5 +31,6 @@ def run(args: argparse.Namespace) -> Result:
         workers=args.workers,
         sync=args.sync,
         direct_io=args.direct_io,
+        run_id=args.run_id,
         **options.plan_options(args),
     )
