@@ -70,3 +70,19 @@ def test_layout_gives_every_required_option(cls):
     missing = required - set(op.step_options())
     assert missing <= {"model"}, f"{op.step} lacks {missing}"  # model: the user's choice
     assert set(op.step_options()) <= set(accepted_options(op.step))
+
+
+def test_the_reshard_steps_of_one_dag_run_name_it(monkeypatch):
+    """``--run-id <dag_id>/<run_id>``: the owner of the output's lease, shared by the plan,
+    the mapped reshard tasks and the commit of one DAG run; steps without a lease get none."""
+    from types import SimpleNamespace
+
+    from airflow_curator.operators.local import LocalRunner
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(LocalRunner, "run", lambda self, argv, env=None: seen.append(argv) or {})
+    ti = SimpleNamespace(dag_id="curate", run_id="manual__2026-03-01", xcom_push=lambda **kw: None)
+    for cls in OPERATORS:
+        cls(task_id="t", dataset="/in", output_uri="/out", execution="local").execute({"ti": ti})
+    runs = {argv[0]: argv[argv.index("--run-id") + 1] for argv in seen if "--run-id" in argv}
+    assert runs == dict.fromkeys(["plan-reshard", "reshard", "commit"], "curate/manual__2026-03-01")

@@ -36,7 +36,8 @@ to re-enter, and otherwise expires. Releasing removes the document (if still the
   file itself.
   ``O_EXCL`` creation alone cannot renew or steal, and a ``rename`` does not compare: a renewer
   could replace a lease stolen between its read and its rename. The lock dies with its process
-  (a SIGKILL never leaves it locked), and the file locked is checked to be the one at the path.
+  (a SIGKILL never leaves it locked), a lock held for seconds (a holder stopped mid-swap) is
+  exit 75, not a hang, and the file locked is checked to be the one at the path.
 - other fsspec filesystems: read, decide, write, unguarded (they offer no conditional write).
 
 **Limits.** Expiry compares the reader's clock with the writer's (UTC): hosts must agree to
@@ -71,6 +72,7 @@ TTL_ENV = "CURATOR_LEASE_SECONDS"
 DEFAULT_TTL = 120.0
 BEATS = 4  # renewals per ttl
 ATTEMPTS = 10  # compare-and-swap rounds before contention counts as transient
+LOCK_WAIT = 10.0  # seconds a local swap waits for the lock
 PROCESS = "process"  # a lease for one process's step, not for a run of several
 RUN = "run"
 
@@ -216,13 +218,11 @@ def swap(url: str, decide: Decide) -> bytes | None:
 
 
 def _swap_local(path: str, decide: Decide) -> bytes | None:
-    import fcntl
-
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd, path)
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -231,6 +231,8 @@ def _swap_local(path: str, decide: Decide) -> bytes | None:
                 continue
             current = os.pread(fd, os.fstat(fd).st_size, 0) or None
             new = decide(current)
+            if new is None and current is None:  # none: leave no empty file for a look
+                new = REMOVE
             if new is None:
                 return current
             if new == REMOVE:
@@ -242,6 +244,23 @@ def _swap_local(path: str, decide: Decide) -> bytes | None:
             return new
         finally:
             os.close(fd)  # and with it the lock
+
+
+def _lock(fd: int, path: str) -> None:
+    """``flock`` it, waiting at most ``LOCK_WAIT``: a swap takes microseconds, so a lock held
+    longer is a holder stopped or frozen mid-swap, which must not hang every other writer."""
+    import fcntl
+
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                reason = f"locked by another process for over {LOCK_WAIT:.0f} s (stopped?)"
+                raise TransientError(path, reason, "locking") from None
+            time.sleep(0.005)
 
 
 def _swap_gcs(url: str, decide: Decide) -> bytes | None:

@@ -133,7 +133,7 @@ def test_an_expired_lease_is_taken_over_and_its_holder_stops(out):
     time.sleep(0.5)
     with output_lease(out, "dag/new", last=True):
         assert holder(out)["run"] == "dag/new"
-        with pytest.raises(LeaseLost, match="run dag/stale lost its lease .* dag/new"):
+        with pytest.raises(LeaseLost, match=r"run dag/stale lost its lease .* dag/new"):
             stale.check()  # its next shard
         with pytest.raises(LeaseLost):
             verify(out, "dag/stale")  # a writer process of the stale run
