@@ -26,9 +26,10 @@ BUDGETS = {
     "index": (1, 2),  # the manifest; per shard the tar, the .idx upload
     "annotate": (1, 5),  # the manifest; own output's footer, tar, Parquet, check, upload
     "save-metadata": (1, 4),  # the manifest; Parquet and annotations, check, upload
-    "plan-reshard": (5, 1),  # manifest, output listing, plan (check, upload), _SUCCESS; footers
-    "reshard": (5, 5),  # plan, listings; per shard metadata, .idx, tar; per output 3 uploads
-    "commit": (6, 1),  # plan, listings, _SUCCESS check, three uploads; the markers
+    # + 4 each for the output's lease without a run id (read, create; read, delete)
+    "plan-reshard": (9, 1),  # manifest, output listing, plan (check, upload), _SUCCESS; footers
+    "reshard": (9, 5),  # plan, listings; per shard metadata, .idx, tar; per output 3 uploads
+    "commit": (10, 1),  # plan, listings, _SUCCESS check, three uploads; the markers
     "dedup-hash": (1, 5),  # the manifest; Parquet, tar, annotations, check, upload
 }
 
