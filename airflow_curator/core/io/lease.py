@@ -13,16 +13,17 @@ plan, the mapped reshard tasks and the commit of one DAG run, and a retry of any
 it and are not each other's rivals; a second DAG run or a second ``to-webdataset`` is one. A
 step given no run id (a shell) gets one of its own, for that process only.
 
-**Rules.** Entering takes the lease when there is none, or it is expired or released, or its
-holder was a process-only run whose process on this host is gone (SIGKILLed: no wait); re-enters
-the run's own lease; and otherwise fails with ``LeaseHeld`` (exit 2) naming the holder, since
-when, and when it expires. While a step runs, a heartbeat thread renews the lease every ``ttl /
-4``, so three renewals in a row may fail before it expires (``ttl``: ``CURATOR_LEASE_SECONDS``,
-default 120). The writers check it before each output shard; a run that finds it taken over
-stops with ``LeaseLost`` (exit 2). A process-only lease is released at the end of its step,
-failed or not (a rerun can start at once). A run's lease is released when its last step
-(``commit``, ``to-webdataset``) succeeds; after a failure it stays, for a retry of the same run
-to re-enter, and otherwise expires. Releasing removes the document (if still the run's).
+**Rules.** Entering takes the lease when there is none (or it was released), when it is
+expired, or when its holder was a process-only run whose process on this host is gone
+(SIGKILLed: no wait); re-enters the run's own lease; and otherwise fails with ``LeaseHeld``
+(exit 2) naming the holder, since when, and when it expires. While a step runs, a heartbeat
+thread renews the lease every ``ttl / 4``, so three renewals in a row may fail before it
+expires (``ttl``: ``CURATOR_LEASE_SECONDS``, default 120). The writers check it before each
+output shard; a run that finds it taken over stops with ``LeaseLost`` (exit 2). A process-only
+lease is released at the end of its step, failed or not (a rerun can start at once). A run's
+lease is released when its last step (``commit``, ``to-webdataset``) succeeds; after a failure
+it stays, for a retry of the same run to re-enter, and otherwise expires. Releasing removes
+the document (if it is still the run's).
 
 **Every change is a compare-and-swap**, so two writers never both believe they hold it:
 
@@ -33,11 +34,11 @@ to re-enter, and otherwise expires. Releasing removes the document (if still the
   precondition. (fake-gcs-server honours it on uploads, not on ``DELETE``: there a release
   racing a takeover could delete the new holder's lease; GCS does not.)
 - local: read, decide and write (or unlink) happen under an exclusive ``flock`` of the lease
-  file itself.
-  ``O_EXCL`` creation alone cannot renew or steal, and a ``rename`` does not compare: a renewer
-  could replace a lease stolen between its read and its rename. The lock dies with its process
-  (a SIGKILL never leaves it locked), a lock held for seconds (a holder stopped mid-swap) is
-  exit 75, not a hang, and the file locked is checked to be the one at the path.
+  file itself. ``O_EXCL`` creation alone cannot renew or steal, and a ``rename`` does not
+  compare: a renewer could replace a lease stolen between its read and its rename. The lock
+  dies with its process (a SIGKILL never leaves it locked), a lock held for seconds (a holder
+  stopped mid-swap) is exit 75, not a hang, and the file locked is checked to be the one at
+  the path.
 - other fsspec filesystems: read, decide, write, unguarded (they offer no conditional write).
 
 **Limits.** Expiry compares the reader's clock with the writer's (UTC): hosts must agree to
