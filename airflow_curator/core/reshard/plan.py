@@ -326,8 +326,9 @@ def plan_reshard(
 ) -> Result:
     """Make and save the plan (atomically), drop a stale ``_SUCCESS`` (not when the plan is the
     one already there), return the output groups. A folder that is not ours is refused
-    (``claim_output``) unless ``overwrite``; then the output's lease is taken for the run
-    ``run_id`` (``core.io.lease``: a second run writing there is refused)."""
+    (``claim_output``) unless ``overwrite``. The plan is made (reads only), then written
+    holding the output's lease for the run ``run_id`` (``core.io.lease``: another run writing
+    there is refused)."""
     stats = Stats()
     check_apart(dataset, output)
     removed = claim_output(output, overwrite)
