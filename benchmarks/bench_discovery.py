@@ -29,30 +29,52 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import tool
 
-PAGE = 1000  # names per listing call, as GCS pages them
+PAGE = 1000  # names per listing call, as GCS pages them (gcsfs asks for 1,000 a page)
 
 
-def slow_filesystem(latency: float) -> Any:
-    """An async filesystem over local files that waits ``latency`` seconds per call and
-    counts the calls (``calls``)."""
+def slow_filesystem(latency: float, pool: int | None = None) -> Any:
+    """An async filesystem over local files that waits ``latency`` seconds per call, at most
+    ``pool`` calls in flight (the connections of our gs:// client, ``gcs.POOL``), a new
+    connection two more (TCP and TLS handshakes), and counts the calls (``calls``). What a
+    store does on its side (a stat, a read) is done at its cheapest, not being the client's."""
     import asyncio
+
+    from airflow_curator.core.io import gcs
+
+    pool = gcs.POOL if pool is None else pool
 
     from fsspec.asyn import AsyncFileSystem
     from fsspec.implementations.local import LocalFileSystem
 
     local = LocalFileSystem()
+    gates: dict[Any, asyncio.Semaphore] = {}  # per event loop
+    idle = [0]  # connections open and free
 
     class SlowFileSystem(AsyncFileSystem):  # type: ignore[misc]
         protocol = "slowfile"
         calls = 0
+        connections = 0
 
         async def _wait(self, n: int = 1) -> None:
-            type(self).calls += n
-            await asyncio.sleep(latency * n)
+            """``n`` calls one after another on one connection."""
+            loop = asyncio.get_running_loop()
+            gate = gates.setdefault(loop, asyncio.Semaphore(pool))
+            async with gate:
+                if idle[0]:
+                    idle[0] -= 1
+                else:
+                    type(self).connections += 1
+                    await asyncio.sleep(2 * latency)
+                try:
+                    for _ in range(n):
+                        type(self).calls += 1
+                        await asyncio.sleep(latency)
+                finally:
+                    idle[0] += 1
 
         async def _ls(self, path: str, detail: bool = True, **kw: Any) -> list[Any]:
             out = local.ls(path, detail=True)
-            await self._wait(max(1, -(-len(out) // PAGE)))  # pages are sequential
+            await self._wait(max(1, -(-len(out) // PAGE)))  # a page's token comes with it
             return out if detail else [o["name"] for o in out]
 
         async def _info(self, path: str, **kw: Any) -> dict[str, Any]:
@@ -63,7 +85,14 @@ def slow_filesystem(latency: float) -> Any:
             self, path: str, start: int | None = None, end: int | None = None, **kw: Any
         ) -> bytes:
             await self._wait()
-            return local.cat_file(path, start=start, end=end)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                lo = 0 if start is None else (start if start >= 0 else max(0, size + start))
+                hi = size if end is None else (min(end, size) if end >= 0 else size + end)
+                return os.pread(fd, max(0, hi - lo), lo)
+            finally:
+                os.close(fd)
 
         @classmethod
         def _strip_protocol(cls, path: str) -> str:
@@ -77,26 +106,35 @@ def slow_filesystem(latency: float) -> Any:
 
 def latency_mode(folder: str, shards: int, latency_ms: float) -> None:
     """Discover the folder in this process through ``slowfile://``, without latency and then
-    with it (the difference is what the waits cost)."""
+    with it (the difference is what the waits cost), beside the least the waits can cost."""
     from airflow_curator.core.dataset.discovery import discover
+    from airflow_curator.core.io import gcs
 
-    seconds = {}
+    seconds, cpu = {}, {}
     for ms in (0.0, latency_ms):
         fs = slow_filesystem(ms / 1000)
-        fs.calls = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         manifest = discover(f"slowfile://{folder}")
-        seconds[ms] = time.perf_counter() - t0
-    calls = fs.calls
-    listing = -(-2 * shards // PAGE)
-    sequential = calls * latency_ms / 1000
-    threaded = (listing + 2 * shards / 16) * latency_ms / 1000
+        seconds[ms], cpu[ms] = time.perf_counter() - t0, time.process_time() - c0
+    calls, pages = fs.calls, -(-2 * shards // PAGE)
+    latency = latency_ms / 1000
+    floor = (pages + 2 + -(-shards // gcs.POOL)) * latency
+    sequential = calls * latency
+    threaded = (pages + 2 * shards / 16) * latency
     dt = seconds[latency_ms]
     print(
-        f"{len(manifest.shards)} shards ({manifest.records} records), {calls} storage calls: "
-        f"discover {dt:.2f} s at {latency_ms:g} ms per call ({seconds[0.0]:.2f} s at 0 ms: "
-        f"the waits cost {dt - seconds[0.0]:.2f} s); one call after another {sequential:.1f} s; "
-        f"16 threads at 2 calls per footer {threaded:.1f} s ({threaded / dt:.1f}x slower)"
+        f"{len(manifest.shards)} shards ({manifest.records} records): {calls} storage calls "
+        f"({pages} listing pages, {calls - pages} footer reads) on {fs.connections} connections"
+    )
+    print(f"  at 0 ms per call: discover {seconds[0.0]:.2f} s (CPU {cpu[0.0]:.2f} s)")
+    print(
+        f"  at {latency_ms:g} ms per call: discover {dt:.2f} s (CPU {cpu[latency_ms]:.2f} s); "
+        f"the waits alone at least {floor:.2f} s (the pages one after another, a connection's "
+        f"handshakes, then the footers {gcs.POOL} at a time)"
+    )
+    print(
+        f"  one call after another {sequential:.1f} s; 16 threads at 2 calls per footer "
+        f"{threaded:.1f} s ({threaded / dt:.1f}x slower)"
     )
 
 

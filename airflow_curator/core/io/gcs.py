@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("gs", "gcs")
 FLAG = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 EMULATOR = "STORAGE_EMULATOR_HOST"
+POOL = 256  # connections per client: the requests core.io.ranges keeps in flight
 
 
 def config() -> dict[str, Any]:
@@ -81,11 +82,34 @@ def filesystem(url: str) -> tuple[Any, str]:
     if EMULATOR in os.environ and "token" not in options:
         options["token"] = "anon"  # an emulator takes no credentials (Google's clients agree)
     if not plain_client_wanted(options):
-        return fsspec.core.url_to_fs(url, **options)
-    from gcsfs.core import GCSFileSystem
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    else:
+        from gcsfs.core import GCSFileSystem
 
-    fs = GCSFileSystem(**options)
-    return fs, GCSFileSystem._strip_protocol(url)
+        fs, path = GCSFileSystem(**options), GCSFileSystem._strip_protocol(url)
+    _widen_pool(fs)
+    return fs, path
+
+
+def _widen_pool(fs: Any) -> None:
+    """A pool of ``POOL`` connections for a client whose session is not made yet. gcsfs's
+    aiohttp session keeps aiohttp's default of 100, so of the hundreds of ranges a batch sends
+    (discovery's footers) only 100 would be on the wire, the rest queued: at 20 ms a request,
+    20,000 footers would wait 4 s instead of 1.6 s. A session with its own connector, or one
+    presenting a client certificate (gcsfs builds that connector), is left as it is."""
+    if (
+        getattr(fs, "_session", True) is not None
+        or "connector" in fs.session_kwargs
+        or getattr(fs, "_use_client_cert", False)
+    ):
+        return
+    import aiohttp
+    from fsspec.asyn import sync
+
+    async def pool() -> aiohttp.TCPConnector:
+        return aiohttp.TCPConnector(limit=POOL)  # on the client's loop, which it belongs to
+
+    fs.session_kwargs = {**fs.session_kwargs, "connector": sync(fs.loop, pool)}
 
 
 def object_info(fs: Any, path: str) -> dict[str, Any]:
