@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -138,19 +138,27 @@ def _parquet_file(source: Any, url: str, shard: str | None) -> pq.ParquetFile:
         raise _fault(shard, f"{url} is not readable Parquet: {e}") from e
 
 
-@contextlib.contextmanager
-def _guarded(url: str, shard: str | None) -> Iterator[None]:
-    """pyarrow's errors inside are the file's fault, named as such."""
-    import pyarrow as pa
+class _Guard:
+    """pyarrow's errors inside are the file's fault, named as such. A class, not a generator:
+    discovery enters one per footer, tens of thousands."""
 
-    try:
-        yield
-    except FileNotFoundError:
-        raise _fault(shard, f"{url} does not exist") from None
-    except (TransientError, DataError):
-        raise
-    except (pa.ArrowException, OSError) as e:
-        raise _fault(shard, f"{url} is not readable Parquet: {e}") from e
+    __slots__ = ("shard", "url")
+
+    def __init__(self, url: str, shard: str | None) -> None:
+        self.url, self.shard = url, shard
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        if error is None or isinstance(error, (TransientError, DataError)):
+            return
+        if isinstance(error, FileNotFoundError):
+            raise _fault(self.shard, f"{self.url} does not exist") from None
+        import pyarrow as pa
+
+        if isinstance(error, (pa.ArrowException, OSError)):
+            raise _fault(self.shard, f"{self.url} is not readable Parquet: {error}") from error
 
 
 @contextlib.contextmanager
@@ -161,13 +169,13 @@ def open_parquet(
     reads: a local file, or a remote one whose footer came in one request and whose other
     ranges are fetched as pyarrow asks (``load`` fetches the chosen columns in one go)."""
     if storage.is_local(url):
-        with _guarded(url, shard):
+        with _Guard(url, shard):
             pf = _parquet_file(storage.local_path(url), url, shard)
             yield pf
         return
     (file,) = _tails([Want(url, shard, size=size)], small=WHOLE)
     assert file is not None
-    with _guarded(url, shard):
+    with _Guard(url, shard):
         yield _parquet_file(file, url, shard)
 
 
@@ -267,7 +275,7 @@ def _load_window(wants: list[Want], missing_ok: bool) -> list[Loaded | None]:
         if file is None:
             continue
         w = wants[i]
-        with _guarded(w.url, w.shard):
+        with _Guard(w.url, w.shard):
             pf = _parquet_file(file, w.url, w.shard)
         columns = _columns(pf.schema_arrow, w)
         opened.append((i, file, pf, columns))
@@ -279,7 +287,7 @@ def _load_window(wants: list[Want], missing_ok: bool) -> list[Loaded | None]:
         file.add(span.start, got.data)
     for i, file, pf, columns in opened:
         w = wants[i]
-        with _guarded(w.url, w.shard):
+        with _Guard(w.url, w.shard):
             table = pf.read(columns=columns)
         out[i] = Loaded(table, pf.schema_arrow, file.size)
     return out
@@ -291,7 +299,7 @@ def _load_local(w: Want, missing_ok: bool) -> Loaded | None:
     path = storage.local_path(w.url)
     if missing_ok and not os.path.isfile(path):
         return None
-    with _guarded(w.url, w.shard):
+    with _Guard(w.url, w.shard):
         pf = _parquet_file(path, w.url, w.shard)
         columns = _columns(pf.schema_arrow, w)
         return Loaded(pf.read(columns=columns), pf.schema_arrow, os.path.getsize(path))
@@ -321,37 +329,38 @@ def footers(wants: Iterable[Want], *, window: int = 4 * WINDOW) -> Iterator[pq.F
     """The files' footers (schema, row counts), in order: one request per file, a window of
     files in flight at once, the next window's requests going out while this one's footers are
     parsed (discovery reads tens of thousands: the waits and the parsing overlap)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def fetch(batch: list[Want]) -> list[Pieces]:
         files = _tails([w for w in batch if not storage.is_local(w.url)], small=TAIL)
         return [f for f in files if f is not None]
 
-    def parse(batch: list[Want], fetched: list[Pieces]) -> Iterator[pq.FileMetaData]:
-        files = iter(fetched)
+    def parse(batch: list[Want], fetched: Future[list[Pieces]]) -> Iterator[pq.FileMetaData]:
+        files = iter(fetched.result())
         for w in batch:
             if storage.is_local(w.url):
                 yield _metadata(storage.local_path(w.url), w.url, w.shard)
             else:
                 yield _metadata(_footer_buffer(next(files)), w.url, w.shard)
 
+    def windows() -> Iterator[list[Want]]:
+        batch: list[Want] = []
+        for w in wants:
+            batch.append(Want(w.url, w.shard, (), size=w.size))
+            if len(batch) >= window:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     with ThreadPoolExecutor(1, thread_name_prefix="footers") as ahead:
         pending = None
-        batch: list[Want] = []
-        for w in itertools.chain(wants, [None]):
-            if w is not None:
-                batch.append(Want(w.url, w.shard, (), size=w.size))
-                if len(batch) < window:
-                    continue
-            if not batch:
-                break
+        for batch in windows():
             fetching = (batch, ahead.submit(fetch, batch))
-            batch = []
             if pending is not None:
-                yield from parse(pending[0], pending[1].result())
+                yield from parse(*pending)
             pending = fetching
         if pending is not None:
-            yield from parse(pending[0], pending[1].result())
+            yield from parse(*pending)
 
 
 def _footer_buffer(file: Pieces) -> Any:
@@ -367,8 +376,8 @@ def _metadata(source: Any, url: str, shard: str | None) -> pq.FileMetaData:
     set-up (schema paths, a Python file object): about a third of the CPU per footer."""
     from pyarrow._parquet import ParquetReader
 
-    reader = ParquetReader()
-    with _guarded(url, shard):
+    with _Guard(url, shard):
+        reader = ParquetReader()
         reader.open(source)
         return reader.metadata
 

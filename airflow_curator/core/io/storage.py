@@ -177,11 +177,12 @@ def list_files(url: str, *, missing_ok: bool = False) -> list[Entry]:
     entries = []
     with reading(url, "listing"):
         infos = fs.ls(path, detail=True, refresh=True)
+    folder = url.rstrip("/") + "/"  # join(url, name) for a name without "/": tens of thousands
     for info in infos:
         if info.get("type") != "file":
             continue
-        name = posixpath.basename(info["name"].rstrip("/"))
-        entries.append(Entry(join(url, name), name, int(info.get("size") or 0), _mtime(info)))
+        name = info["name"].rstrip("/").rpartition("/")[2]
+        entries.append(Entry(folder + name, name, int(info.get("size") or 0), _mtime(info)))
     return sorted(entries, key=lambda e: e.name)
 
 
