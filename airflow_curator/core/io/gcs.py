@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -97,19 +98,25 @@ def _widen_pool(fs: Any) -> None:
     (discovery's footers) only 100 would be on the wire, the rest queued: at 20 ms a request,
     20,000 footers would wait 4 s instead of 1.6 s. A session with its own connector, or one
     presenting a client certificate (gcsfs builds that connector), is left as it is."""
-    if (
-        getattr(fs, "_session", True) is not None
-        or "connector" in fs.session_kwargs
-        or getattr(fs, "_use_client_cert", False)
-    ):
-        return
+    if getattr(fs, "_session", True) is not None:
+        return  # made already (fsspec caches the client: the usual case)
     import aiohttp
     from fsspec.asyn import sync
 
     async def pool() -> aiohttp.TCPConnector:
         return aiohttp.TCPConnector(limit=POOL)  # on the client's loop, which it belongs to
 
-    fs.session_kwargs = {**fs.session_kwargs, "connector": sync(fs.loop, pool)}
+    with _WIDENING:  # threads sharing the cached client make one connector
+        if (
+            getattr(fs, "_session", True) is not None
+            or "connector" in fs.session_kwargs
+            or getattr(fs, "_use_client_cert", False)
+        ):
+            return
+        fs.session_kwargs = {**fs.session_kwargs, "connector": sync(fs.loop, pool)}
+
+
+_WIDENING = threading.Lock()
 
 
 def object_info(fs: Any, path: str) -> dict[str, Any]:

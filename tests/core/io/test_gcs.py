@@ -63,3 +63,17 @@ def test_a_failed_upload_leaves_nothing(gcs_bucket, monkeypatch):
             f.write(b"h" * size)
             raise RuntimeError("killed")
         assert not storage.exists(url)
+
+
+def test_client_has_a_pool_for_the_ranges_in_flight(gcs_bucket):
+    """aiohttp's default pool (100 connections) would queue most of a batch of ranges."""
+    from airflow_curator.core.io import ranges
+
+    urls = [f"{gcs_bucket}/pool/{i:03d}" for i in range(3)]
+    for i, url in enumerate(urls):
+        storage.write_bytes(url, bytes([i]) * 10)
+    spans = [ranges.Span(urls[i % 3], 2, 5) for i in range(300)]
+    got = ranges.read_spans(spans)
+    assert [g.data for g in got if g] == [bytes([i % 3]) * 3 for i in range(300)]
+    fs, _ = storage.fs_and_path(urls[0])
+    assert fs.session.connector.limit == gcs.POOL == ranges.CONCURRENCY
