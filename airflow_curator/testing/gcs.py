@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from airflow_curator.testing.reaper import Reaper
+
 _LINE = re.compile(r'\\"([A-Z]+) (\S+) HTTP/[\d.]+\\" (\d{3})')
 
 
@@ -87,6 +89,7 @@ class Emulator:
             log_dir or tempfile.mkdtemp(prefix="fake-gcs-"), f"access-{self.port}.log"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.reaper: Reaper | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -108,8 +111,11 @@ class Emulator:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # stopped by the reaper if the test process is killed
         )
         log.close()
+        self.reaper = Reaper()
+        self.reaper.watch(self.proc.pid)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -134,6 +140,10 @@ class Emulator:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        reaper, self.reaper = self.reaper, None
+        if reaper is not None:
+            reaper.forget()
+            reaper.close()
 
     def __enter__(self) -> Emulator:
         return self.start()
