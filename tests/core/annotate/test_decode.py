@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from airflow_curator.core.annotate.decode import Decoder, Preprocess, check_image
+from airflow_curator.core.annotate.decode import Decoder, Preprocess, check_image, inspect_image
 from airflow_curator.testing.dataset import make_jpeg
 
 PRE = Preprocess((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -65,3 +65,35 @@ def test_jpeg_structure_walk_accepts_real_encodings_and_refuses_bad_markers():
     assert "invalid marker 0x5a" in check_image(reserved)
     overrun = jpeg[:2] + b"\xff\xe1\xff\xf0" + jpeg[2:40] + b"\xff\xd9"
     assert "overruns" in check_image(overrun)
+
+
+@pytest.mark.parametrize("sof", [0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF])
+def test_a_differential_frame_is_refused_as_no_decoder_reads_it(sof):
+    """SOF5-7 and SOF13-15 are hierarchical JPEG's differential frames: libjpeg-turbo (Pillow,
+    DALI's CPU backend) cannot decode them, so the scan refuses them, with that reason."""
+    import io
+
+    from PIL import Image
+
+    jpeg = make_jpeg(random.Random(0), (48, 40))
+    at = jpeg.index(b"\xff\xc0")
+    differential = jpeg[: at + 1] + bytes([sof]) + jpeg[at + 2 :]
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(differential)).load()
+    assert check_image(differential) == (
+        f"JPEG has a differential (hierarchical) frame SOF{sof - 0xC0}, "
+        "which libjpeg and DALI cannot decode"
+    )
+    assert inspect_image(differential) == (check_image(differential), None)
+
+
+def test_one_marker_walk_gives_the_check_and_the_size():
+    from airflow_curator.core.annotate.pairstats import image_size
+
+    rng = random.Random(4)
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        data = make_jpeg(rng, (57, 31), fmt)
+        assert inspect_image(data) == (None, (57, 31)) == (check_image(data), image_size(data))
+    jpeg = make_jpeg(rng, (20, 30))
+    cut = jpeg[:2] + b"\xff\xe1\xff\xf0" + jpeg[2:40] + b"\xff\xd9"
+    assert inspect_image(cut) == (check_image(cut), None) and "overruns" in check_image(cut)
