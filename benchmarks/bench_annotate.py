@@ -12,8 +12,12 @@ neighbour slows them alike:
 - naive: PIL decode + open_clip's own preprocessing + the same model and heads, batch by batch,
   a Parquet per shard (the same outputs)
 - DALI decode-only: DALI's CPU decoder over each shard (its webdataset reader, full decode, no
-  resize); its per-shard rate is what ours per shard (after the model load) is compared with
+  resize, one thread per core), timed after its pipeline is built
 - model only: the same model and heads over images decoded and captions tokenised beforehand
+- lockstep: per shard, ours (the annotator with its model loaded: everything a shard costs but
+  the Parquet write) and DALI decode-only in one process, shard by shard, which goes first
+  alternating: the per-shard target's ratio, measured in the same moments (the rates of the
+  whole-process runs above come from different moments of a noisy machine, printed too)
 
 Targets on this 2-core machine: tiny model, ours >= 1.5x naive whole-process and per shard >=
 0.8x DALI decode-only; ViT-B-32, ours >= 0.9x model-only. ``--model`` other than ``tiny`` uses
@@ -137,30 +141,67 @@ def naive_worker(spec: dict) -> dict:
     return {}
 
 
-def dali_worker(spec: dict) -> dict:
+def dali_shard(tar: str, batch_size: int) -> tuple[float, float]:
+    """DALI's CPU decoder over one shard (its webdataset reader through the shard's index, full
+    decode, no resize) on one thread per core: (seconds building the pipeline, images per
+    second decoding). The rate leaves the build out: it is the decoder's own."""
     from nvidia.dali import fn, pipeline_def
 
     from airflow_curator.core.annotate.threads import cpu_cores
 
-    rates = []
-    for tar in tars(spec["dataset"]):
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
 
-        @pipeline_def(batch_size=spec["batch_size"], num_threads=cpu_cores(), device_id=None)
-        def pipe(tar: str) -> object:
-            encoded = fn.readers.webdataset(
-                paths=[tar], index_paths=[tar[:-4] + ".idx"], ext=["jpg"], name="reader"
-            )
-            return fn.decoders.image(encoded, device="cpu")
+    @pipeline_def(batch_size=batch_size, num_threads=cpu_cores(), device_id=None)
+    def pipe() -> object:
+        encoded = fn.readers.webdataset(
+            paths=[tar], index_paths=[tar[:-4] + ".idx"], ext=["jpg"], name="reader"
+        )
+        return fn.decoders.image(encoded, device="cpu")
 
-        p = pipe(tar)
-        p.build()
-        n = p.reader_meta("reader")["epoch_size"]
-        for _ in range(-(-n // spec["batch_size"])):
-            p.run()
-        del p
-        rates.append(n / (time.perf_counter() - t0))
-    return {"per_shard": rates}
+    p = pipe()
+    p.build()
+    n = p.reader_meta("reader")["epoch_size"]
+    t1 = time.perf_counter()
+    for _ in range(-(-n // batch_size)):
+        p.run()
+    rate = n / (time.perf_counter() - t1)
+    del p
+    return t1 - t0, rate
+
+
+def dali_worker(spec: dict) -> dict:
+    runs = [dali_shard(tar, spec["batch_size"]) for tar in tars(spec["dataset"])]
+    return {"per_shard": [rate for _, rate in runs], "build_s": [b for b, _ in runs]}
+
+
+def lockstep_worker(spec: dict) -> dict:
+    """Per shard, side by side in one process: ours (the annotator with its model loaded, as
+    the CLI runs a shard) and DALI decode-only, alternating shard by shard (which goes first
+    alternates too), so that a busy neighbour slows both alike."""
+    from airflow_curator.core.annotate.annotator import Annotator, Options
+    from airflow_curator.core.dataset.discovery import discover
+
+    options = Options(
+        model=spec["model"],
+        weights=spec["weights"],
+        aesthetic_weights=spec["aesthetic_weights"],
+        nsfw_weights=spec["nsfw_weights"],
+        device="cpu",
+        batch_size=spec["batch_size"],
+        force=True,
+    )
+    annotator = Annotator(options)
+    annotator.clip  # noqa: B018 (loads the model, heads and decoding workers)
+    ratios, ours, dali = [], [], []
+    for i, shard in enumerate(discover(spec["dataset"], count_records=False).select(None)):
+        for first in ("ours", "dali") if i % 2 == 0 else ("dali", "ours"):
+            if first == "ours":
+                _, outcome = annotator.annotate_table(shard)
+                ours.append(outcome.records / outcome.seconds)
+            else:
+                dali.append(dali_shard(shard.tar, spec["batch_size"])[1])
+        ratios.append(ours[-1] / dali[-1])
+    return {"ratios": ratios, "ours": ours, "dali": dali}
 
 
 def model_worker(spec: dict) -> dict:
@@ -176,7 +217,12 @@ def model_worker(spec: dict) -> dict:
     return {}
 
 
-WORKERS = {"naive": naive_worker, "dali": dali_worker, "model": model_worker}
+WORKERS = {
+    "naive": naive_worker,
+    "dali": dali_worker,
+    "model": model_worker,
+    "lockstep": lockstep_worker,
+}
 
 
 # ---- the parent: data, rounds, ratios ----
@@ -317,7 +363,8 @@ def main() -> int:
             return seconds, json.load(f)
 
     runs: dict[str, list[float]] = {"ours": [], "naive": [], "dali": [], "model": []}
-    ratios: dict[str, list[float]] = {"naive": [], "dali_shard": [], "model": []}
+    ratios: dict[str, list[float]] = {"naive": [], "dali_shard": [], "model": [], "lockstep": []}
+    builds: list[float] = []
     for r in range(args.rounds):
         warm_cache(tars(dataset))
         t_ours = timed_process(ours_argv)
@@ -326,16 +373,21 @@ def main() -> int:
         t_naive, _ = worker("naive")
         t_dali, dali = worker("dali")
         t_model, _ = worker("model")
-        dali_shard = statistics.median(dali["per_shard"])
+        _, lockstep = worker("lockstep")
+        dali_rate = statistics.median(dali["per_shard"])
+        builds += dali["build_s"]
+        ratios["lockstep"] += lockstep["ratios"]
         for name, t in (("ours", t_ours), ("naive", t_naive), ("dali", t_dali), ("model", t_model)):
             runs[name].append(t)
         ratios["naive"].append(t_naive / t_ours)
-        ratios["dali_shard"].append(ours_shard / dali_shard)
+        ratios["dali_shard"].append(ours_shard / dali_rate)
         ratios["model"].append(t_model / t_ours)
         print(
             f"round {r + 1}: ours {t_ours:.1f}s ({images / t_ours:.0f} img/s, per shard "
             f"{ours_shard:.0f}), naive {t_naive:.1f}s, DALI decode-only {t_dali:.1f}s (per shard "
-            f"{dali_shard:.0f} img/s), model only {t_model:.1f}s"
+            f"{dali_rate:.0f} img/s), model only {t_model:.1f}s; lockstep per shard: ours "
+            f"{statistics.median(lockstep['ours']):.0f}, DALI "
+            f"{statistics.median(lockstep['dali']):.0f} img/s"
         )
     for name, label in (
         ("ours", "ours (airflow-curator annotate)"),
@@ -346,7 +398,15 @@ def main() -> int:
         best = min(runs[name])
         print(f"  {label:<48} {best:6.1f} s best  {images / best:7.0f} img/s whole process")
     print(f"  ours vs naive, whole process:         {spread(ratios['naive'])}; target >= 1.5")
-    print(f"  ours per shard vs DALI decode-only:   {spread(ratios['dali_shard'])}; target >= 0.8")
+    print(
+        f"  ours per shard vs DALI decode-only, lockstep (one process, shard by shard): "
+        f"{spread(ratios['lockstep'])} over {len(ratios['lockstep'])} shards; target >= 0.8"
+    )
+    print(
+        f"  the same from the whole-process runs (medians of different moments): "
+        f"{spread(ratios['dali_shard'])}; DALI's pipeline build, left out of its rate: "
+        f"{1e3 * statistics.median(builds):.0f} ms a shard"
+    )
     print(f"  ours vs model only, whole process:    {spread(ratios['model'])}; >= 0.9 (ViT-B-32)")
     worst = compare(os.path.join(ours_out, "_work", "annotations"), os.path.join(root, "naive"))
     print(

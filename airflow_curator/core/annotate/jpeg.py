@@ -32,16 +32,18 @@ class JpegHeader:
 
     problem: str | None
     size: tuple[int, int] | None
+    metadata: bool = False  # an APP1 segment (EXIF or XMP: what may orient the image) before a scan
 
 
-def read_jpeg(data: bytes) -> JpegHeader:
-    """Walk the markers of ``data`` (which starts with SOI) up to its end-of-image marker."""
+def read_jpeg(data: bytes, header: bool = False) -> JpegHeader:
+    """Walk the markers of ``data`` (which starts with SOI) up to its end-of-image marker, or
+    (``header``) up to its first scan: a problem is then only one of the header's."""
     i, n, orientation = 2, len(data), 1
     size: tuple[int, int] | None = None
-    frame = scan = False
+    frame = scan = metadata = False
 
     def broken(reason: str) -> JpegHeader:
-        return JpegHeader(f"JPEG is corrupt ({reason})", size)
+        return JpegHeader(f"JPEG is corrupt ({reason})", size, metadata)
 
     while i < n:
         if data[i] != 0xFF:
@@ -54,7 +56,7 @@ def read_jpeg(data: bytes) -> JpegHeader:
         i += 1
         if marker == 0xD9:  # EOI
             if frame and scan:
-                return JpegHeader(None, size)
+                return JpegHeader(None, size, metadata)
             return broken("no frame or scan before its end")
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
             continue
@@ -64,6 +66,7 @@ def read_jpeg(data: bytes) -> JpegHeader:
         if length < 2 or i + length > n:
             return broken(f"segment 0x{marker:02x} at byte {start} overruns the data")
         body, i = i + 2, i + length
+        metadata = metadata or (marker == 0xE1 and not scan)
         if marker == 0xE1 and size is None and data[body : body + 6] == b"Exif\x00\x00":
             orientation = _exif_orientation(data[body + 6 : i]) or orientation
         elif marker in FRAMES or marker in DIFFERENTIAL:
@@ -77,11 +80,14 @@ def read_jpeg(data: bytes) -> JpegHeader:
                     f"JPEG has a differential (hierarchical) frame SOF{marker - 0xC0}, "
                     "which libjpeg and DALI cannot decode",
                     size,
+                    metadata,
                 )
         elif marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
             if not frame:
                 return broken("scan before frame header")
             scan = True
+            if header:
+                return JpegHeader(None, size, metadata)
             found = _MARKER.search(data, i)
             i = found.start() if found else data.rfind(b"\xff\xd9")
     return broken("no end-of-image marker")

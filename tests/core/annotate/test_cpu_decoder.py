@@ -204,3 +204,33 @@ def test_the_gpu_paths_dali_pipeline_gives_the_same_images(model, tmp_path):
     ea, _ = model.encode(a, None)
     eb, _ = model.encode(b, None)
     assert (ea * eb).sum(1).min() >= MIN_COSINE  # measured: 0.9998 (open_clip)
+
+
+def test_simplejpeg_gives_pillows_pixels(model, monkeypatch):
+    """Plain JPEGs (YCbCr or grey, no EXIF or XMP) decode through simplejpeg at the scale
+    Pillow's draft picks: the same pixels as Pillow's decode, byte for byte, at every size and
+    reduction; others (EXIF, CMYK) go through Pillow."""
+    from PIL import Image
+
+    from airflow_curator.core.annotate import cpu_decoder
+
+    dec = decoder(model)
+    rng = random.Random(7)
+    images = [photo(i, (rng.randint(8, 1500), rng.randint(8, 1500))) for i in range(30)]
+    images += [make_jpeg(rng, (rng.randint(1, 400), rng.randint(1, 400))) for _ in range(30)]
+    for mode in ("L", "RGB"):
+        out = io.BytesIO()
+        Image.new(mode, (700, 300), 90).save(out, "JPEG")
+        images.append(out.getvalue())
+    assert all(dec.pixels._turbo(data) is not None for data in images)
+    exif = Image.open(io.BytesIO(images[0])).getexif()
+    exif[0x0112] = 6
+    for mode, kw in (("RGB", {"exif": exif.tobytes()}), ("CMYK", {})):
+        out = io.BytesIO()
+        Image.open(io.BytesIO(images[0])).convert(mode).save(out, "JPEG", **kw)
+        images.append(out.getvalue())
+        assert dec.pixels._turbo(out.getvalue()) is None
+    turbo = [dec.pixels(data) for data in images]
+    monkeypatch.setattr(cpu_decoder, "simplejpeg", None)
+    for data, ours in zip(images, turbo, strict=True):
+        assert (ours == dec.pixels(data)).all()
