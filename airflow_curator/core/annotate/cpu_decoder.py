@@ -13,30 +13,24 @@ through the transform's own resize and crop (as the Pillow calls torchvision mak
 ``_direct``). With no reduction possible (an image under twice
 that size), the pixels are exactly those of the model's reference preprocessing.
 
-The workers are processes (forked once per decoder, when the model is loaded, and kept across
-shards), not threads: decoding and resizing release the GIL, but Pillow's header parsing and the
-Python around each call do not, and with the tokenizer and the tar scan in the main thread the
-GIL was held ~90% of a shard's wall time, leaving the two cores of a small machine idle a third
-of it. Forked, as torch's DataLoader workers are on Linux: a spawned process would import the
-caller's ``__main__`` again (running a script without ``if __name__ == "__main__"`` twice).
-A worker runs only Pillow and numpy, and returns a piece's pixels as one uint8 array (48 KB for
-16 images of the tiny model, 2.4 MB at 224 px); the batch is normalised once, in torch. Where
-processes cannot be forked, threads decode instead, with a warning. Each image is decoded on its
-own: the worker count changes no value, and an image that cannot be decoded fails alone (its
-record gets the error, the batch goes on without it).
+The workers are threads, started once per decoder and kept across shards; decoding and
+resizing release the GIL. (Forked worker processes took the GIL out of the way, but they inherit
+the caller's file descriptors, which kept a test watchdog's pipe open, and a dask worker, a
+daemonic process, may not have children: not kept.) A worker returns a piece's pixels as one
+uint8 array and the batch is normalised once, in torch. Each image is decoded on its own: the
+worker count changes no value, and an image that cannot be decoded fails alone (its record gets
+the error, the batch goes on without it).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
 import os
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -181,7 +175,7 @@ def _ready() -> int:
 class CpuDecoder:
     """Decodes records of a local tar into normalised image batches, as the model's
     ``transform`` (open_clip's or timm's eval preprocessing: resize, crop, to tensor,
-    normalise) would, on ``workers`` decoding processes."""
+    normalise) would, on ``workers`` decoding threads."""
 
     def __init__(
         self, transform: Transform, size: tuple[int, int], workers: int, batch_size: int
@@ -209,22 +203,10 @@ class CpuDecoder:
         self._pool: Executor | None = None
 
     def start(self) -> None:
-        """Fork the decoding processes (once; they serve every shard after). Where they cannot
-        be forked, decode on threads."""
-        if self._pool is not None:
-            return
-        pool: Executor
-        try:
-            if "fork" not in multiprocessing.get_all_start_methods():
-                raise OSError("no fork on this platform")
-            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
-            pids = {f.result() for f in [pool.submit(_ready) for _ in range(self.workers)]}
-            logger.info("decoding processes %s forked", sorted(pids))
-        except (BrokenProcessPool, OSError) as e:
-            logger.warning("decoding processes cannot start (%s): decoding on threads", e)
-            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
-        self._pool = pool
-        weakref.finalize(self, pool.shutdown, wait=False, cancel_futures=True)
+        """Start the decoding threads (once; they serve every shard after)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -280,9 +262,6 @@ class CpuDecoder:
                     errors.update(p_errors)
                 images = self.tensor(np.concatenate(arrays)) if arrays else None
                 yield Batch(ids, images, errors)
-        except BrokenProcessPool:
-            self._pool = None  # a worker died (killed, out of memory): the next shard restarts
-            raise
         finally:
             for futures in queued:  # a failed shard or a closed generator: stop early
                 for fut in futures:

@@ -58,8 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decode-threads",
         type=int,
-        help="image decoding workers: processes on the CPU, DALI threads on a GPU (default: the "
-        "cores torch leaves, plus one; changes no value)",
+        help="image decoding threads (default: the cores torch leaves, plus one; changes no value)",
     )
 
 
