@@ -84,7 +84,7 @@ Piece = tuple[list[str], "NDArray[np.uint8] | None", dict[str, str]]
 
 class Pixels:
     """JPEG (PNG, WebP) bytes to the model's pixels: a draft decode, EXIF orientation, the
-    transform's resize and crop. Picklable, so that every decoding process gets the same steps."""
+    transform's resize and crop; one instance serves every decoding thread."""
 
     def __init__(
         self, steps: list[Callable[[Image.Image], object]], draft: int, size: tuple[int, int]
@@ -162,14 +162,6 @@ def decode_piece(pixels: Pixels, tar: str, items: list[tuple[str, int, int]]) ->
             except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, ...
                 errors[rid] = f"image cannot be decoded: {short_error(e)}"
     return ids, np.stack(images) if images else None, errors
-
-
-def _ready() -> int:
-    """A worker's first task: import what decoding needs, before the first shard."""
-    import numpy  # noqa: F401
-    from PIL import Image, ImageOps, JpegImagePlugin  # noqa: F401
-
-    return os.getpid()
 
 
 class CpuDecoder:
