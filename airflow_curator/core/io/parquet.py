@@ -69,7 +69,7 @@ class Loaded:
     size: int | None
 
 
-class Pieces:
+class Pieces(storage.Seekable):
     """A read-only file of ``size`` bytes of which some ranges were fetched: what pyarrow reads
     a remote file through. A read outside them is fetched (one ranged request) and logged."""
 
@@ -108,19 +108,6 @@ class Pieces:
         data = read_spans([Span(self.url, start, end)])[0].data  # type: ignore[union-attr]
         self.add(start, data)
         return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset + (0, self.pos, self.size)[whence]
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def close(self) -> None:
         self.closed = True

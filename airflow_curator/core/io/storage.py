@@ -210,7 +210,27 @@ def open_read(url: str, block_size: int = 32 << 20, size: int | None = None) -> 
     return BlockReader(url, info(url)["size"] if size is None else size, block_size)
 
 
-class BlockReader(io.RawIOBase):
+class Seekable:
+    """``seek``/``tell`` over ``pos`` and ``size``: the readers of fetched byte ranges."""
+
+    pos: int
+    size: int
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset + (0, self.pos, self.size)[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+class BlockReader(Seekable, io.RawIOBase):
     """A remote object read front to back: each block one ranged request (gcsfs's own file
     asks for the object's metadata first, two more requests, on every open), a read larger
     than a block one request of its own. Storage failures are ``TransientError`` naming the
@@ -250,19 +270,6 @@ class BlockReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset + (0, self.pos, self.size)[whence]
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def close(self) -> None:
         self.buf = memoryview(b"")
@@ -610,35 +617,6 @@ def write_bytes(url: str, data: bytes, *, fsync: bool = True) -> None:
     fs, path = fs_and_path(url)
     with reading(url, "writing"):
         fs.pipe_file(path, data)
-
-
-def create_bytes(url: str, data: bytes) -> bool:
-    """Write ``data`` only if ``url`` does not exist yet, atomically against a concurrent
-    creator (``O_EXCL`` locally, a does-not-exist precondition on GCS); False when it exists."""
-    if is_local(url):
-        path = local_path(url)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return True
-    fs, path = fs_and_path(url)
-    try:
-        with reading(url, "writing"):
-            if protocol(url) in STREAMED:
-                fs.pipe_file(path, data, mode="create")
-            else:  # no precondition there: check, then write (a race is possible)
-                if fs.exists(path):
-                    return False
-                fs.pipe_file(path, data)
-    except FileExistsError:
-        return False
-    return True
 
 
 def sync_file(url: str) -> None:
