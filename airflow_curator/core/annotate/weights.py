@@ -125,7 +125,7 @@ def fetch(uri: str) -> str:
     try:
         # cached by what identifies the object's content, not by its name alone: a file
         # replaced in the bucket is a new generation (one metadata request per fetch)
-        local = os.path.join(cache_dir(), uri_key(uri), _version_key(uri), name)
+        local = os.path.join(cache_dir(), cache_key(uri), _version_key(uri), name)
         if not os.path.exists(local):
             logger.info("downloading weights %s to %s", uri, local)
             _download(uri, local)
@@ -141,16 +141,17 @@ def fetch(uri: str) -> str:
     return local
 
 
-def uri_key(uri: str) -> str:
-    """The cache's (and the baked folder's) folder for ``uri``."""
-    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+def cache_key(ident: str) -> str:
+    """A cache folder's name for ``ident``: a URI (the cache's and the baked folder's first
+    level) or what identifies a version of its content (the second)."""
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
 def baked_path(uri: str, name: str) -> str | None:
     """The image's baked copy of ``uri``'s file, if there is one. Baked weights never change,
     so they are found by URI alone (no request: the pod may not reach the source)."""
     baked = os.environ.get(BAKED_ENV)
-    folder = os.path.join(baked, uri_key(uri)) if baked else None
+    folder = os.path.join(baked, cache_key(uri)) if baked else None
     if folder is None or not os.path.isdir(folder):
         return None
     found = [p for v in os.listdir(folder) if os.path.isfile(p := os.path.join(folder, v, name))]
@@ -169,11 +170,7 @@ def _version_key(uri: str) -> str:
         (str(meta[k]) for k in ("generation", "etag", "ETag", "md5Hash", "mtime") if meta.get(k)),
         "",
     )
-    return _key(f"{version}\0{meta.get('size')}")
-
-
-def _key(ident: str) -> str:
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_key(f"{version}\0{meta.get('size')}")
 
 
 @contextlib.contextmanager
@@ -223,8 +220,8 @@ def _zip_member(uri: str) -> str:
         return baked
     archive = fetch(outer)  # cached by its content's identity: a new archive, a new member
     st = os.stat(archive)
-    version = _key(f"{archive}\0{st.st_size}\0{st.st_mtime_ns}")
-    local = os.path.join(cache_dir(), uri_key(uri), version, name)
+    version = cache_key(f"{archive}\0{st.st_size}\0{st.st_mtime_ns}")
+    local = os.path.join(cache_dir(), cache_key(uri), version, name)
     if os.path.exists(local):
         return local
     try:
