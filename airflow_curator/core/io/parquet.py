@@ -239,22 +239,30 @@ def load_many(
     """The reads, in order, a window of files at a time: per window one batch of footer (or
     whole-object) requests and one of column-chunk requests, all in flight together. A missing
     file is a ``ShardError`` (None with ``missing_ok``)."""
+    for batch in _windows(wants, window):
+        yield from _load_window(batch, missing_ok)
+
+
+def _windows(wants: Iterable[Want], n: int) -> Iterator[list[Want]]:
+    """``wants`` in consecutive lists of ``n`` (the last may be shorter)."""
     batch: list[Want] = []
     for w in wants:
         batch.append(w)
-        if len(batch) >= window:
-            yield from _load_window(batch, missing_ok)
+        if len(batch) >= n:
+            yield batch
             batch = []
     if batch:
-        yield from _load_window(batch, missing_ok)
+        yield batch
 
 
 def _load_window(wants: list[Want], missing_ok: bool) -> list[Loaded | None]:
     out: list[Loaded | None] = [None] * len(wants)
-    remote = [i for i, w in enumerate(wants) if not storage.is_local(w.url)]
+    remote: list[int] = []
     for i, w in enumerate(wants):
-        if i not in remote:
+        if storage.is_local(w.url):
             out[i] = _load_local(w, missing_ok)
+        else:
+            remote.append(i)
     files = _tails([wants[i] for i in remote], small=WHOLE, all_whole=True, missing_ok=missing_ok)
     opened: list[tuple[int, Pieces, pq.ParquetFile, list[str] | None]] = []
     spans: list[tuple[Pieces, Span]] = []
@@ -329,19 +337,10 @@ def footers(wants: Iterable[Want], *, window: int = 4 * WINDOW) -> Iterator[pq.F
             else:
                 yield _metadata(_footer_buffer(next(files)), w.url, w.shard)
 
-    def windows() -> Iterator[list[Want]]:
-        batch: list[Want] = []
-        for w in wants:
-            batch.append(Want(w.url, w.shard, (), size=w.size))
-            if len(batch) >= window:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
+    footer_only = (Want(w.url, w.shard, (), size=w.size) for w in wants)
     with ThreadPoolExecutor(1, thread_name_prefix="footers") as ahead:
         pending = None
-        for batch in windows():
+        for batch in _windows(footer_only, window):
             fetching = (batch, ahead.submit(fetch, batch))
             if pending is not None:
                 yield from parse(*pending)
