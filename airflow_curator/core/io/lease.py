@@ -120,7 +120,7 @@ class Holder:
         if now >= self.expires:
             return True
         gone = self.scope == PROCESS and self.host == socket.gethostname()
-        return gone and self.pid != os.getpid() and not storage._alive(self.pid)
+        return gone and self.pid != os.getpid() and not storage.pid_alive(self.pid)
 
     def state(self, now: float) -> str:
         if now >= self.expires:
@@ -434,12 +434,12 @@ def verify(output: str, run_id: str) -> None:
     """Before writing an output shard (in a writer process or thread): ``LeaseLost`` unless
     ``run_id`` still holds the lease. This process's lease when it has one (no request), else
     the document, read (a forked writer: a local file)."""
+    url = lease_url(output)
     with _HELD_LOCK:
-        lease = _HELD.get(lease_url(output))
+        lease = _HELD.get(url)
     if lease is not None and lease.pid == os.getpid() and lease.run.id == run_id:
         lease.check()
         return
-    url = lease_url(output)
     holder = Holder.parse(swap(url, lambda raw: None), url)
     if holder is None or holder.run != run_id:
         raise LeaseLost(output, run_id, holder)

@@ -544,14 +544,15 @@ def sweep_spools(root: str) -> int:
     with contextlib.suppress(FileNotFoundError), os.scandir(root) as it:
         for d in it:
             pid = d.name.partition("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(d.path, ignore_errors=True)
                 logger.info("removed %s, left by killed process %s", d.path, pid)
                 removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a spool's or a lease's owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
