@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ PROTOCOLS = ("gs", "gcs")
 FLAG = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 EMULATOR = "STORAGE_EMULATOR_HOST"
 POOL = 256  # connections per client: the requests core.io.ranges keeps in flight
+PAGE = 1000  # names per listing request: the most GCS gives
+LISTED = "items(name,size,updated),prefixes,nextPageToken"  # what a listing needs of a page
 
 
 def config() -> dict[str, Any]:
@@ -174,3 +177,39 @@ def remove_if_generation(fs: Any, path: str, generation: int) -> bool:
     except (FileExistsError, FileNotFoundError):
         return False
     return True
+
+
+def list_pages(fs: Any, path: str) -> Iterator[list[tuple[str, int, str | None]]]:
+    """The objects directly in a folder, one listing request per page of ``PAGE``, each page as
+    GCS answers it (in name order): ``(name, size, updated)``. Only the fields a listing needs
+    are asked for (a full object resource is about 1 KB of JSON to parse). A folder with nothing
+    in it and no placeholder object is ``FileNotFoundError``, as gcsfs's ``ls`` says; a missing
+    bucket too (its 404)."""
+    bucket, key, _ = fs.split_path(path)
+    prefix = key.rstrip("/") + "/" if key else None
+    token, found = None, not key  # a bucket's root exists when the bucket does
+    while True:
+        page = fs.call(
+            "GET",
+            "b/{}/o",
+            bucket,
+            json_out=True,
+            prefix=prefix,
+            delimiter="/",
+            maxResults=PAGE,
+            pageToken=token,
+            fields=LISTED,
+        )
+        items = page.get("items", [])
+        found = found or bool(items or page.get("prefixes"))
+        token = page.get("nextPageToken")
+        if not found and not token:
+            raise FileNotFoundError(f"gs://{path.rstrip('/')}")
+        skip = len(prefix or "")
+        yield [
+            (item["name"][skip:], int(item.get("size") or 0), item.get("updated"))
+            for item in items
+            if len(item["name"]) > skip  # the folder's placeholder object, "<folder>/"
+        ]
+        if not token:
+            return

@@ -167,35 +167,52 @@ def open_parquet(
 
 
 def _tails(
-    wants: Sequence[Want], *, small: int, all_whole: bool = False, missing_ok: bool = False
-) -> list[Pieces | None]:
+    wants: Sequence[Want],
+    *,
+    small: int,
+    all_whole: bool = False,
+    missing_ok: bool = False,
+    faults: bool = False,
+) -> list[Any]:
     """Each remote file with its footer fetched, or all of it (when its size is known to be at
     most ``small``, or all its columns are wanted and ``all_whole``), in one batch of requests,
-    plus one more for the footers longer than the first read."""
+    plus one more for the footers longer than the first read. A missing file is None with
+    ``missing_ok``; with ``faults`` a file's fault (missing, no footer) is its entry instead of
+    raised, so one bad file does not stop the batch."""
     spans = []
     for w in wants:
         whole = (all_whole and w.columns is None) or (w.size is not None and w.size <= small)
         spans.append(Span(w.url) if whole else Span.tail(w.url, TAIL, w.size))
     got = read_spans(spans, missing_ok=True)
-    files: list[Pieces | None] = []
+    files: list[Any] = []
     more: list[tuple[int, Span]] = []
     for i, (w, span, g) in enumerate(zip(wants, spans, got, strict=True)):
         if g is None:
-            if not missing_ok:
-                raise _fault(w.shard, f"{w.url} does not exist")
-            files.append(None)
+            if missing_ok:
+                files.append(None)
+                continue
+            fault = _fault(w.shard, f"{w.url} does not exist")
+            if not faults:
+                raise fault
+            files.append(fault)
             continue
         size = w.size if w.size is not None else g.size
         if size is None:
             size = len(g.data) if span.start is None else storage.size(w.url)
         start = 0 if span.start is None else size - len(g.data)
+        try:
+            need = _footer_length(g, w) + 8
+        except DataError as fault:
+            if not faults:
+                raise
+            files.append(fault)
+            continue
         files.append(Pieces(w.url, size, [(start, g.data)]))
-        need = _footer_length(g, w) + 8
         if start > 0 and need > len(g.data):
             more.append((i, Span(w.url, max(0, size - need), start)))
     for (i, span), g2 in zip(more, read_spans([s for _, s in more]), strict=True):
         file = files[i]
-        assert file is not None and g2 is not None and span.start is not None
+        assert isinstance(file, Pieces) and g2 is not None and span.start is not None
         file.add(span.start, g2.data)
     return files
 
@@ -320,22 +337,33 @@ def load(
     return got
 
 
-def footers(wants: Iterable[Want], *, window: int = 4 * WINDOW) -> Iterator[pq.FileMetaData]:
+def footers(
+    wants: Iterable[Want], *, window: int = 4 * WINDOW, faults: bool = False
+) -> Iterator[Any]:
     """The files' footers (schema, row counts), in order: one request per file, a window of
     files in flight at once, the next window's requests going out while this one's footers are
-    parsed (discovery reads tens of thousands: the waits and the parsing overlap)."""
+    parsed (discovery reads tens of thousands: the waits and the parsing overlap). ``wants``
+    may be a generator that waits (on listing pages): each window goes out once it is full.
+    With ``faults``, a file that is missing or not Parquet gives its ``DataError`` in its
+    place instead of raising it (discovery reads footers before it knows which files pair)."""
 
-    def fetch(batch: list[Want]) -> list[Pieces]:
-        files = _tails([w for w in batch if not storage.is_local(w.url)], small=TAIL)
-        return [f for f in files if f is not None]
+    def fetch(batch: list[Want]) -> list[Any]:
+        return _tails([w for w in batch if not storage.is_local(w.url)], small=TAIL, faults=True)
 
-    def parse(batch: list[Want], fetched: Future[list[Pieces]]) -> Iterator[pq.FileMetaData]:
+    def parse(batch: list[Want], fetched: Future[list[Any]]) -> Iterator[Any]:
         files = iter(fetched.result())
         for w in batch:
-            if storage.is_local(w.url):
-                yield _metadata(storage.local_path(w.url), w.url, w.shard)
-            else:
-                yield _metadata(_footer_buffer(next(files)), w.url, w.shard)
+            file = storage.local_path(w.url) if storage.is_local(w.url) else next(files)
+            try:
+                if isinstance(file, DataError):
+                    raise file
+                source = _footer_buffer(file) if isinstance(file, Pieces) else file
+                footer = _metadata(source, w.url, w.shard)
+            except DataError as fault:
+                if not faults:
+                    raise
+                footer = fault
+            yield footer
 
     footer_only = (Want(w.url, w.shard, (), size=w.size) for w in wants)
     with ThreadPoolExecutor(1, thread_name_prefix="footers") as ahead:

@@ -22,7 +22,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -140,50 +140,88 @@ def basename(url: str) -> str:
     return posixpath.basename(url.rstrip("/"))
 
 
-def _mtime(info: dict[str, Any]) -> float | None:
-    for key in ("mtime", "updated", "LastModified", "last_modified", "created"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if isinstance(value, (int, float)):
-            return float(value)
-        if hasattr(value, "timestamp"):
-            return float(value.timestamp())
-        with contextlib.suppress(ValueError):
-            from datetime import datetime
+def _mtime_of(value: Any) -> float | None:
+    """A listing's modification time: a number, a datetime, an ISO 8601 string (GCS's
+    ``updated``), or a whole fsspec info dict (its first time field)."""
+    if isinstance(value, dict):
+        for key in ("mtime", "updated", "LastModified", "last_modified", "created"):
+            if value.get(key) is not None:
+                return _mtime_of(value[key])
+        return None
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    with contextlib.suppress(ValueError):
+        from datetime import datetime
 
-            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     return None
 
 
 def list_files(url: str, *, missing_ok: bool = False) -> list[Entry]:
-    """All plain files directly in a folder, from one listing call (no per-file stat).
-    ``missing_ok``: a folder that does not exist (yet) has no files."""
-    if missing_ok:
-        try:
-            return list_files(url)
-        except FileNotFoundError:
+    """All plain files directly in a folder, from one listing (no per-file stat), sorted by
+    name. ``missing_ok``: a folder that does not exist (yet) has no files."""
+    try:
+        return sorted((e for page in list_pages(url) for e in page), key=lambda e: e.name)
+    except FileNotFoundError:
+        if missing_ok:
             return []
+        raise
+
+
+Pager = Callable[[Any, str], Iterator[list[tuple[str, int, Any]]]]
+# Listing a folder page by page, per protocol: ``(fs, path)`` to pages of ``(name, size,
+# mtime)``, each page as soon as the store answers it. Without one, a listing is one page.
+PAGERS: dict[str, Pager] = {}
+
+
+def list_pages(url: str) -> Iterator[list[Entry]]:
+    """The plain files directly in a folder, page by page as the store answers (one request
+    each on GCS): a caller can work on the first names while the rest are being listed (20,000
+    shards are 40 pages, one after another). Locally, and on a filesystem without a pager, one
+    page. A folder that does not exist is ``FileNotFoundError``; a storage failure
+    ``TransientError`` naming the URI."""
     if is_local(url):
-        root = local_path(url)
-        entries = []
-        with os.scandir(root) as it:
-            for d in it:
-                if d.is_file(follow_symlinks=True):
-                    st = d.stat()
-                    entries.append(Entry(join(url, d.name), d.name, st.st_size, st.st_mtime))
-        return sorted(entries, key=lambda e: e.name)
+        yield _local_files(url)
+        return
     fs, path = fs_and_path(url)
-    entries = []
-    with reading(url, "listing"):
-        infos = fs.ls(path, detail=True, refresh=True)
     folder = url.rstrip("/") + "/"  # join(url, name) for a name without "/": tens of thousands
-    for info in infos:
-        if info.get("type") != "file":
-            continue
-        name = info["name"].rstrip("/").rpartition("/")[2]
-        entries.append(Entry(folder + name, name, int(info.get("size") or 0), _mtime(info)))
-    return sorted(entries, key=lambda e: e.name)
+    pager = PAGERS.get(protocol(url), _one_page)
+    with reading(url, "listing"):
+        for page in pager(fs, path):
+            yield [Entry(folder + name, name, size, _mtime_of(mtime)) for name, size, mtime in page]
+
+
+def _local_files(url: str) -> list[Entry]:
+    entries = []
+    with os.scandir(local_path(url)) as it:
+        for d in it:
+            if d.is_file(follow_symlinks=True):
+                st = d.stat()
+                entries.append(Entry(join(url, d.name), d.name, st.st_size, st.st_mtime))
+    return entries
+
+
+def _one_page(fs: Any, path: str) -> Iterator[list[tuple[str, int, Any]]]:
+    """A filesystem without paging: its whole ``ls`` (cache refreshed) as one page."""
+    infos = fs.ls(path, detail=True, refresh=True)
+    yield [
+        (info["name"].rstrip("/").rpartition("/")[2], int(info.get("size") or 0), info)
+        for info in infos
+        if info.get("type") == "file"
+    ]
+
+
+def _gcs_pages(fs: Any, path: str) -> Iterator[list[tuple[str, int, Any]]]:
+    from airflow_curator.core.io import gcs
+
+    return gcs.list_pages(fs, path)
+
+
+PAGERS.update(gs=_gcs_pages, gcs=_gcs_pages)
 
 
 def list_folders(url: str) -> list[str]:

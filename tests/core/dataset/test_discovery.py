@@ -204,3 +204,21 @@ def test_manifest_round_trip(demo_dataset, tmp_path):
     assert [s.stem for s in back.select("1")] == ["00001"]
     with pytest.raises(CuratorError, match="shards 5-6 of --shards"):
         back.select("0,5-6")
+
+
+def test_footers_of_parquet_files_that_do_not_pair_are_never_blamed(demo_dataset):
+    """Footers are read while the folder is listed, before pairing: an unpaired Parquet that is
+    not Parquet is skipped as unpaired, and a kept shard's bad footer is still its error."""
+    path, _ = demo_dataset
+    with open(os.path.join(path, "00007.parquet"), "wb") as f:
+        f.write(b"not parquet at all")
+    m = discover(path, on_invalid="skip")
+    assert [s.records for s in m.shards] == [6, 6]
+    assert m.skipped == [{"shard": "00007", "reason": "00007.parquet has no 00007.tar"}]
+    with pytest.raises(ShardError, match=r"shard 00007: 00007.parquet has no 00007.tar$"):
+        discover(path)
+    for stem in ("00001", "00000"):
+        with open(os.path.join(path, f"{stem}.parquet"), "wb") as f:
+            f.write(b"PAR1 garbage")
+    with pytest.raises(ShardError, match=r"shard 00000: .*00000.parquet is not readable Parquet"):
+        discover(path, on_invalid="skip")
