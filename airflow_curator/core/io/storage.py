@@ -216,8 +216,11 @@ def _one_page(fs: Any, path: str) -> Iterator[list[tuple[str, int, Any]]]:
 
 
 def _gcs_pages(fs: Any, path: str) -> Iterator[list[tuple[str, int, Any]]]:
+    """gcsfs's JSON pages; gcsfs's cached listings of the folder go, as ``ls(refresh=True)``
+    drops them, so its ``exists`` and ``ls`` after this do not answer from an older listing."""
     from airflow_curator.core.io import gcs
 
+    fs.invalidate_cache(path)
     return gcs.list_pages(fs, path)
 
 
