@@ -224,6 +224,12 @@ class Annotator:
         assert self._clip is not None
         return self._clip
 
+    def close(self) -> None:
+        """Stop the CPU decoder's processes (also done when the annotator is collected); the
+        next shard starts them again."""
+        if isinstance(self.decoder, CpuDecoder):
+            self.decoder.close()
+
     def is_done(self, shard: Shard, url: str) -> bool:
         """Whether ``url`` holds this shard's annotation from the same inputs (one footer
         read). Missing, or bytes that are not Parquet: annotate again (the write replaces it
@@ -429,8 +435,37 @@ def annotate_dataset(
     ``manifest``: discover's (object or URI), so no listing."""
     stats = Stats()
     selected = shards_of(dataset, manifest, on_invalid="skip").select(shards)
+    own = annotator is None
     annotator = annotator or Annotator(options)
-    folder = annotations_url(output)
+    try:
+        outcomes = _annotate_shards(annotator, selected, annotations_url(output), options)
+    finally:
+        if own:
+            annotator.close()
+    done = [o for o in outcomes if o.action == "annotated"]
+    return stats.result(
+        dataset=dataset,
+        output=output,
+        annotations=annotations_url(output),
+        device=annotator.device,
+        threads=None
+        if annotator.threads is None
+        else {"torch": annotator.threads.torch_threads, "decode": annotator.threads.decode_threads},
+        model=options.model,
+        heads=sorted(annotator.head_files),
+        shards=len(outcomes),
+        annotated=len(done),
+        skipped=len(outcomes) - len(done),
+        records=sum(o.records for o in done),
+        failed=sum(o.failed for o in done),
+        per_shard=[o.as_dict() for o in outcomes],
+    )
+
+
+def _annotate_shards(
+    annotator: Annotator, selected: list[Shard], folder: str, options: Options
+) -> list[Outcome]:
+    """Each selected shard annotated into ``folder``, or skipped when done, in order."""
     storage.makedirs(folder)
     outcomes: list[Outcome] = []
     progress = Progress("annotate", len(selected), logger=logger)
@@ -450,21 +485,4 @@ def annotate_dataset(
                 )
         outcomes.append(outcome)
         progress.update(items=outcome.records if outcome.action == "annotated" else 0)
-    done = [o for o in outcomes if o.action == "annotated"]
-    return stats.result(
-        dataset=dataset,
-        output=output,
-        annotations=folder,
-        device=annotator.device,
-        threads=None
-        if annotator.threads is None
-        else {"torch": annotator.threads.torch_threads, "decode": annotator.threads.decode_threads},
-        model=options.model,
-        heads=sorted(annotator.head_files),
-        shards=len(outcomes),
-        annotated=len(done),
-        skipped=len(outcomes) - len(done),
-        records=sum(o.records for o in done),
-        failed=sum(o.failed for o in done),
-        per_shard=[o.as_dict() for o in outcomes],
-    )
+    return outcomes

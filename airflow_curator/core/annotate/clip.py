@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_curator.core.annotate import timm_model
+from airflow_curator.core.annotate.captions import CaptionTokenizer
 from airflow_curator.core.annotate.threads import counted_flops
 from airflow_curator.core.annotate.weights import (
     WeightsError,
@@ -190,6 +191,7 @@ class ClipModel:
             load_weights(model, weights)
         self.model = model.eval().to(self.device)
         self.tokenizer = open_clip.get_tokenizer(spec.name)
+        self.captions = CaptionTokenizer(self.tokenizer)
         self.preprocess: dict[str, Any] = dict(open_clip.get_model_preprocess_cfg(model))
         with torch.inference_mode():  # the output width, whatever the tower layout
             probe = self.model.encode_text(self.tokenizer(["probe"]).to(self.device))
@@ -238,7 +240,7 @@ class ClipModel:
         )
 
     def tokenize(self, texts: list[str]) -> Any:
-        return self.tokenizer(texts)
+        return self.captions(texts)
 
     def encode(self, images: Any, tokens: Any | None) -> tuple[Any, Any | None]:
         """L2-normalised float32 image (and text) embeddings of one batch."""

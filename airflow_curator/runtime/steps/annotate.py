@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decode-threads",
         type=int,
-        help="image decoding threads (default: the cores torch leaves, plus one; changes no value)",
+        help="image decoders, processes on the CPU and DALI threads on a GPU (default: the "
+        "cores torch leaves, plus one; changes no value)",
     )
 
 

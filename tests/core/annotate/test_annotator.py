@@ -153,6 +153,20 @@ def test_changed_inputs_are_annotated_again(tmp_path, options, annotator, tiny):
     assert table.column("aesthetic_score").null_count < table.num_rows
 
 
+def test_an_annotator_it_made_leaves_no_decoding_process(tmp_path, options, annotator):
+    """annotate_dataset stops the decoding processes of the annotator it made; a caller's
+    annotator keeps its own for the next call."""
+    from tests.core.test_workerpool import live_children
+
+    dataset = tmp_path / "dataset"
+    write_awkward_shard(dataset, 0, seed=3)
+    before = live_children()
+    assert annotate_dataset(str(dataset), str(tmp_path / "a"), None, options)["annotated"] == 1
+    assert live_children() <= before
+    annotate_dataset(str(dataset), str(tmp_path / "b"), None, options, annotator)
+    assert set(annotator.decoder._pool.pids) <= live_children()
+
+
 def test_parquet_id_mismatch_names_the_ids(tmp_path, options, annotator):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -11,7 +11,9 @@ benchmark checks the same bound on its 5,000 images).
 from __future__ import annotations
 
 import io
+import os
 import random
+import sys
 import tarfile
 
 import pytest
@@ -172,6 +174,58 @@ def test_worker_count_changes_no_value(clip, tmp_path):
         dec.close()
     assert [b.ids for b in runs[0]] == [b.ids for b in runs[1]]
     assert all(torch.equal(a.images, b.images) for a, b in zip(*runs, strict=True))
+
+
+def test_decoding_runs_in_other_processes_or_threads_where_none_starts(
+    clip, tmp_path, monkeypatch, caplog
+):
+    """The decoding workers are other interpreters (the GIL stays the model's); where no
+    interpreter can start, threads decode the same pixels, with a warning."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow_curator.core.workerpool import InterpreterPool
+
+    images = {f"{i:09d}": photo(i, (300 + 7 * i, 200)) for i in range(6)}
+    items = write_tar(tmp_path / "s.tar", images)
+    processes = decoder(clip, 2)
+    processes.start()
+    pool = processes._pool
+    assert isinstance(pool, InterpreterPool) and os.getpid() not in pool.pids
+    ours = list(processes.decode(str(tmp_path / "s.tar"), items))
+    processes.close()
+    assert all(not os.path.exists(f"/proc/{pid}/cmdline") for pid in pool.pids)
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    threads = decoder(clip, 2)
+    with caplog.at_level("WARNING"):
+        theirs = list(threads.decode(str(tmp_path / "s.tar"), items))
+    assert isinstance(threads._pool, ThreadPoolExecutor)
+    assert "decoding on threads" in caplog.text
+    threads.close()
+    assert [b.ids for b in ours] == [b.ids for b in theirs] == [list(images)[:4], list(images)[4:]]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_a_dead_decoding_process_fails_its_shard_and_the_next_gets_new_ones(clip, tmp_path):
+    import signal
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    images = {f"{i:09d}": photo(i, (300, 200)) for i in range(6)}
+    items = write_tar(tmp_path / "s.tar", images)
+    dec = decoder(clip, 2)
+    dec.start()
+    dead = dec._pool.pids[0]
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{dead}") and time.monotonic() < deadline:
+        time.sleep(0.02)  # reaped by the pool's reader
+    with pytest.raises(BrokenProcessPool, match=rf"decoding .*s\.tar: decode-0 \(pid {dead}\)"):
+        list(dec.decode(str(tmp_path / "s.tar"), items))
+    again = list(dec.decode(str(tmp_path / "s.tar"), items))
+    assert [b.ids for b in again] == [list(images)[:4], list(images)[4:]]
+    assert dead not in dec._pool.pids
+    dec.close()
 
 
 def test_the_gpu_paths_dali_pipeline_gives_the_same_images(model, tmp_path):
