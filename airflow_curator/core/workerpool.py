@@ -116,6 +116,7 @@ class InterpreterPool(Executor):
         return [w.process.pid for w in self._workers]
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        data = pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)  # raises before any state
         future: Future[Any] = Future()
         with self._lock:
             if self._shutdown:
@@ -127,7 +128,7 @@ class InterpreterPool(Executor):
             worker = min(self._workers, key=lambda w: len(w.pending))
             worker.pending[task] = future
         try:
-            worker.send(task, fn, args, kwargs)
+            worker.send(task, data)
         except OSError as e:  # the worker is gone
             self._break(f"{worker.name} takes no tasks: {e}")
         return future
@@ -184,12 +185,10 @@ class _Worker:
         self.reader = threading.Thread(target=self._read, name=f"{name}-answers", daemon=True)
         self.reader.start()
 
-    def send(self, task: int, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        data = task.to_bytes(8, "little") + pickle.dumps(
-            (fn, args, kwargs), pickle.HIGHEST_PROTOCOL
-        )
+    def send(self, task: int, data: bytes) -> None:
+        """A task: its number, then its pickled function and arguments."""
         with self._sending:
-            self.tasks.send_bytes(data)
+            self.tasks.send_bytes(task.to_bytes(8, "little") + data)
 
     def _read(self) -> None:
         while True:

@@ -4,6 +4,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -132,7 +133,10 @@ def test_interpreters_run_tasks_and_give_back_results_and_errors():
             future.result(timeout=30)
         assert isinstance(raised.value.__cause__, RemoteTraceback)
         assert "in _fail" in str(raised.value.__cause__)  # the worker's own traceback
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            pool.submit(lambda: None)  # refused at once, nothing left in flight
         assert pool.submit(sorted, [3, 1, 2]).result(timeout=30) == [1, 2, 3]
+        assert not any(w.pending for w in pool._workers)
     finally:
         pool.shutdown()
     assert not set(pool.pids) & live_children()
