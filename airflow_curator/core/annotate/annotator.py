@@ -437,8 +437,9 @@ def annotate_dataset(
     selected = shards_of(dataset, manifest, on_invalid="skip").select(shards)
     own = annotator is None
     annotator = annotator or Annotator(options)
+    folder = annotations_url(output)
     try:
-        outcomes = _annotate_shards(annotator, selected, annotations_url(output), options)
+        outcomes = _annotate_shards(annotator, selected, folder, options)
     finally:
         if own:
             annotator.close()
@@ -446,7 +447,7 @@ def annotate_dataset(
     return stats.result(
         dataset=dataset,
         output=output,
-        annotations=annotations_url(output),
+        annotations=folder,
         device=annotator.device,
         threads=None
         if annotator.threads is None

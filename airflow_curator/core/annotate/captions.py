@@ -21,12 +21,8 @@ from typing import Any
 SPECIAL = ("<start_of_text>", "<end_of_text>")
 # open_clip's split (SimpleTokenizer.pat) with \p{L} and \p{N} as their ASCII members, which is
 # all a printable ASCII caption has; lowercased first, as open_clip's "lower" cleaning does
-_ASCII_SPLIT = re.compile(
-    r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+"
-)
-_OPEN_CLIP_SPLIT = "<start_of_text>|<end_of_text>" + (
-    r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-)
+_ASCII_SPLIT = re.compile("|".join(SPECIAL) + r"|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+_OPEN_CLIP_SPLIT = "|".join(SPECIAL) + r"|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 
 
 class CaptionTokenizer:

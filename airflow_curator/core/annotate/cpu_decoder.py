@@ -221,10 +221,11 @@ class CpuDecoder:
             logger.warning("decoding processes cannot start (%s): decoding on threads", e)
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         self._pool = pool
-        weakref.finalize(self, pool.shutdown, wait=False, cancel_futures=True)
+        self._finalizer = weakref.finalize(self, pool.shutdown, wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
+            self._finalizer.detach()  # not kept, with its pool, until the decoder is collected
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
